@@ -1,0 +1,58 @@
+"""``python -m bioengine_operator.devcluster {tools,up,down}``: the local control plane for people.
+
+``up`` leaves the cluster running after it returns (the processes are not tied to it) and
+prints the ``KUBECONFIG`` to export; ``down`` stops it by the PIDs recorded in its state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bioengine_operator.devcluster import cluster, tools
+
+DEFAULT_WORKDIR = cluster.DEFAULT_WORKDIR
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bioengine-devcluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tools", help="build the pinned Go tools into the cache (once)")
+    up = sub.add_parser("up", help="start a control plane and leave it running")
+    down = sub.add_parser("down", help="stop a control plane started by `up`")
+    for command in (up, down):
+        command.add_argument(
+            "--name", default="bioengine-dev", help="cluster (and kubeconfig context) name"
+        )
+        command.add_argument(
+            "--workdir", type=Path, help=f"state directory (default: {DEFAULT_WORKDIR}/<name>)"
+        )
+    up.add_argument("--no-kuberay", action="store_true", help="skip the KubeRay CRDs and operator")
+    args = parser.parse_args(argv)
+
+    if args.command == "tools":
+        for name, path in tools.build_all().items():
+            print(f"{name:10} {path}")
+        return
+    workdir = args.workdir or DEFAULT_WORKDIR / args.name
+    if args.command == "down":
+        stopped = cluster.stop_recorded(workdir)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return
+    cluster.stop_recorded(workdir)
+    tools.build_all()
+    started = time.monotonic()
+    dev = cluster.DevCluster(
+        workdir, name=args.name, with_kuberay=not args.no_kuberay, tie_to_parent=False
+    )
+    dev.start()
+    print(
+        f"control plane {args.name!r} ready in {time.monotonic() - started:.1f}s "
+        f"(API server {dev.server}); logs in {dev.logs}"
+    )
+    print(f"export KUBECONFIG={dev.kubeconfig}")
+
+
+if __name__ == "__main__":
+    main()

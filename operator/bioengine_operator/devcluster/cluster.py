@@ -1,0 +1,443 @@
+"""A real Kubernetes control plane on loopback, with kwok standing in for kubelets.
+
+What runs: etcd, kube-apiserver (TLS, RBAC, service-account tokens), kube-controller-manager,
+kube-scheduler, the KubeRay operator with its CRDs, and kwok. Everything above the pod is
+real; kwok marks scheduled pods Running and Ready without starting any container, so pods
+have no processes and no network. Pod and node IPs come from 198.18.0.0/15 (reserved for
+benchmarks, never routed) and nothing ever connects to them.
+
+Each component listens on a free loopback port, so two clusters can run side by side, and
+writes its log to ``<workdir>/logs/<component>.log``. ``state.json`` in the work directory
+records the PIDs so ``python -m bioengine_operator.devcluster down`` can stop a cluster
+that another process started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bioengine_operator.devcluster import pki as pki_mod
+from bioengine_operator.devcluster import procs, tools
+
+KWOK_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+KUBERAY_CRDS = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml")
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+POD_CIDR = "198.18.0.0/16"
+SERVICE_CIDR = "198.19.0.0/16"
+# `make cluster-up` keeps its state here; gitignored.
+DEFAULT_WORKDIR = tools.REPO_ROOT / ".devcluster"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """A fake node: name, capacity, labels and taints (a GPU pool has a GPU count and taints)."""
+
+    name: str
+    cpu: str = "16"
+    memory: str = "64Gi"
+    gpus: int = 0
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    taints: tuple[dict[str, str], ...] = ()
+
+
+# One plain pool, and one GPU spot pool tainted like GKE's (GPU taint plus spot taint).
+DEFAULT_NODES = (
+    NodeSpec("cpu-node-0", labels={"bioengine.bioimage.io/pool": "cpu"}),
+    NodeSpec("cpu-node-1", labels={"bioengine.bioimage.io/pool": "cpu"}),
+    NodeSpec(
+        "gpu-spot-node-0",
+        cpu="8",
+        memory="32Gi",
+        gpus=4,
+        labels={
+            "bioengine.bioimage.io/pool": "gpu",
+            "nvidia.com/gpu.present": "true",
+            "cloud.google.com/gke-spot": "true",
+        },
+        taints=(
+            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "NoSchedule"},
+        ),
+    ),
+)
+
+
+def node_manifest(node: NodeSpec, index: int) -> dict[str, Any]:
+    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110"}
+    if node.gpus:
+        capacity["nvidia.com/gpu"] = str(node.gpus)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": node.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                **node.labels,
+            },
+        },
+        "spec": {"taints": [dict(t) for t in node.taints]},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "addresses": [
+                {"type": "InternalIP", "address": f"198.19.255.{index + 1}"},
+                {"type": "Hostname", "address": node.name},
+            ],
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class DevCluster:
+    """One local control plane. Use as a context manager, or ``start()``/``stop()``."""
+
+    workdir: Path
+    name: str = "bioengine-dev"
+    nodes: Sequence[NodeSpec] = DEFAULT_NODES
+    with_kuberay: bool = True
+    tie_to_parent: bool = True
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)
+    _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    api_port: int = 0
+    etcd_url: str = ""
+    pki: pki_mod.Pki = dataclasses.field(init=False)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def __enter__(self) -> DevCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start every component and return once each one reports ready."""
+        bins = tools.build_all()
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.logs.mkdir(parents=True)
+        self.pki = pki_mod.create(self.workdir / "pki")
+        self.api_port = free_port()
+        self._write_kubeconfig()
+        try:
+            self._start_etcd(bins["etcd"] / "etcd", timeout)
+            self._start_apiserver(bins["k8s"] / "kube-apiserver", timeout)
+            self._start_controllers(bins["k8s"], timeout)
+            self._start_kwok(bins["kwok"] / "kwok", timeout)
+            if self.with_kuberay:
+                self._start_kuberay(bins["kuberay"] / "kuberay-operator", timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every component, newest first, by process group; safe to call twice."""
+        for name in reversed(list(self.pids)):
+            pid = self.pids.pop(name)
+            procs.stop_group(pid)
+            self._procs.pop(name, None)
+        self._save_state()
+
+    def _spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = procs.spawn(
+            argv, self.logs / f"{name}.log", tie_to_parent=self.tie_to_parent, **kwargs
+        )
+        self._procs[name] = proc
+        self.pids[name] = proc.pid
+        self._save_state()
+        return proc
+
+    def _wait(self, name: str, check: Any, timeout: float) -> None:
+        procs.wait_for(check, name, timeout, proc=self._procs[name], log=self.logs / f"{name}.log")
+
+    def _save_state(self) -> None:
+        if self.workdir.exists():
+            state = {
+                "name": self.name,
+                "kubeconfig": str(self.kubeconfig),
+                "pids": self.pids,
+                "executables": {n: procs.executable_of(p) for n, p in self.pids.items()},
+            }
+            self.state_file.write_text(json.dumps(state, indent=2))
+
+    # -- components ----------------------------------------------------------------------
+
+    def _start_etcd(self, etcd: Path, timeout: float) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd", lambda: b'"health":"true"' in _get(f"{self.etcd_url}/health"), timeout)
+
+    def _start_apiserver(self, apiserver: Path, timeout: float) -> None:
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--tls-cert-file={pki.server_cert}",
+                f"--tls-private-key-file={pki.server_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                # The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject; no pod
+                # runs to use it anyway.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        self._wait(
+            "kube-apiserver", lambda: _get(f"{self.server}/readyz", self._tls()) == b"ok", timeout
+        )
+
+    def _start_controllers(self, bindir: Path, timeout: float) -> None:
+        kubeconfig = str(self.kubeconfig)
+        common = [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+        ]
+        cm_port, sched_port = free_port(), free_port()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(bindir / "kube-controller-manager"),
+                *common,
+                f"--secure-port={cm_port}",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(bindir / "kube-scheduler"),
+                *common,
+                f"--secure-port={sched_port}",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        for name, port in (("kube-controller-manager", cm_port), ("kube-scheduler", sched_port)):
+            self._wait(
+                name,
+                lambda p=port: _get(f"https://127.0.0.1:{p}/healthz", insecure) == b"ok",
+                timeout,
+            )
+        # Pods are refused until the ServiceAccount controller made `default/default`.
+        self._wait(
+            "kube-controller-manager",
+            lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout,
+        )
+
+    def _start_kwok(self, kwok: Path, timeout: float) -> None:
+        stages = tools.module_source("sigs.k8s.io/kwok", "kwok")
+        self._spawn(
+            "kwok",
+            [
+                str(kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                *(f"--config={stages / stage}" for stage in KWOK_STAGES),
+                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}",
+            ],
+        )
+        self.apply([node_manifest(node, i) for i, node in enumerate(self.nodes)])
+        names = [f"node/{node.name}" for node in self.nodes]
+        self._wait(
+            "kwok",
+            lambda: (
+                self.kubectl(
+                    "wait", "--for=condition=Ready", "--timeout=5s", *names, check=False
+                ).returncode
+                == 0
+            ),
+            timeout,
+        )
+
+    def _start_kuberay(self, operator: Path, timeout: float) -> None:
+        crd_dir = tools.module_source("github.com/ray-project/kuberay/ray-operator", "kuberay")
+        for crd in KUBERAY_CRDS:
+            # Server-side apply: these CRDs are too large for the last-applied annotation.
+            self.kubectl("apply", "--server-side", "-f", str(crd_dir / "config/crd/bases" / crd))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            *(
+                f"crd/{crd.removeprefix('ray.io_').removesuffix('.yaml')}.ray.io"
+                for crd in KUBERAY_CRDS
+            ),
+        )
+        probe = free_port()
+        self._spawn(
+            "kuberay-operator",
+            [
+                str(operator),
+                f"--metrics-addr=127.0.0.1:{free_port()}",
+                f"--health-probe-bind-address=127.0.0.1:{probe}",
+                "--enable-leader-election=false",
+                "--log-stdout-encoder=console",
+            ],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+        )
+        self._wait(
+            "kuberay-operator", lambda: _get(f"http://127.0.0.1:{probe}/readyz") == b"ok", timeout
+        )
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return context
+
+    def _write_kubeconfig(self) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": self.name,
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": f"{self.name}-admin",
+                    "user": {
+                        "client-certificate": str(self.pki.admin_cert),
+                        "client-key": str(self.pki.admin_key),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": self.name, "context": {"cluster": self.name, "user": f"{self.name}-admin"}}
+            ],
+            "current-context": self.name,
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def apply(self, objects: Sequence[dict[str, Any]]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+
+    def log_tails(self, lines: int = 30) -> str:
+        return "\n".join(procs.tail(log, lines) for log in sorted(self.logs.glob("*.log")))
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> bytes:
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        return bytes(response.read())
+
+
+def stop_recorded(workdir: Path) -> list[str]:
+    """Stop the processes recorded in ``workdir/state.json`` (a cluster another process started).
+
+    A PID is signalled only while it still runs the executable recorded for it, so a PID the
+    kernel has since given to an unrelated program is left alone.
+    """
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return []
+    state = json.loads(state_file.read_text())
+    stopped = []
+    for name, pid in reversed(list(state["pids"].items())):
+        recorded = state["executables"].get(name)
+        if recorded and procs.executable_of(pid) == recorded:
+            procs.stop_group(pid)
+            stopped.append(name)
+    state_file.unlink()
+    return stopped
