@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools lint test cluster-up cluster-down demo clean
+.PHONY: venv tools crds lint test cluster-up cluster-down demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(STAMP)
 ## tools: build the pinned Go tools (kube-apiserver, etcd, kwok, KubeRay, helm) once into the cache
 tools: venv
 	$(PY) -m bioengine_operator.devcluster tools
+
+## crds: regenerate crds/*.yaml from the pydantic models (a test fails when they drift)
+crds: venv
+	$(PY) -m bioengine_operator.api.crds crds
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,39 +1,61 @@
-"""Session-wide fixtures: one real control plane for the whole run, a namespace per test.
+"""Session-wide fixtures: one real control plane and one operator process for the whole run,
+a namespace per test.
 
-When a test fails, the tail of every control-plane component's log is attached to its
-report, so CI output shows what the API server, controllers, kwok and KubeRay said.
+When a test fails, the tail of every component's log (API server, controllers, kwok, KubeRay
+and the operator) is attached to its report, so CI output shows what each of them said.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
 from bioengine_operator.devcluster import cluster as devcluster
+from bioengine_operator.devcluster import operator_process, procs
 
-_CLUSTER: devcluster.DevCluster | None = None
+# Log tails to attach to a failing test's report, registered by the fixtures that own them.
+_LOG_SOURCES: list[Callable[[], str]] = []
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.DevCluster]:
-    global _CLUSTER
     dev = devcluster.DevCluster(tmp_path_factory.mktemp("cluster"), name="bioengine-test")
     dev.start()
-    _CLUSTER = dev
+    _LOG_SOURCES.append(dev.log_tails)
     try:
         yield dev
     finally:
-        _CLUSTER = None
+        _LOG_SOURCES.remove(dev.log_tails)
         dev.stop()
 
 
 @pytest.fixture(scope="session")
 def api(cluster: devcluster.DevCluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: devcluster.DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[operator_process.OperatorProcess]:
+    operator_process.install_crds(cluster)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    running = operator_process.OperatorProcess(cluster, log)
+    running.start()
+
+    def tail() -> str:
+        return procs.tail(log, 60)
+
+    _LOG_SOURCES.append(tail)
+    try:
+        yield running
+    finally:
+        _LOG_SOURCES.remove(tail)
+        running.stop()
 
 
 @pytest.fixture
@@ -50,8 +72,9 @@ def namespace(cluster: devcluster.DevCluster, api: client.ApiClient) -> Iterator
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
-    if report.failed and _CLUSTER is not None:
-        report.sections.append(("control plane logs", _CLUSTER.log_tails()))
+    if report.failed:
+        for source in _LOG_SOURCES:
+            report.sections.append(("component logs", source()))
     return report
 
 

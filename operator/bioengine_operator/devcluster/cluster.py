@@ -34,10 +34,13 @@ from bioengine_operator.devcluster import procs, tools
 KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
     "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "kustomize/stage/pod/fast/pod-ready.yaml",
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
+READY_STAGE = "kustomize/stage/pod/fast/pod-ready.yaml"
+# kwok's fast pod-ready stage, delayed by this pod annotation (e.g. "2s") where present:
+# containers that take a while to become Ready, such as Triton loading its models.
+READY_DELAY_ANNOTATION = "bioengine.bioimage.io/kwok-ready-delay"
 KUBERAY_CRDS = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 POD_CIDR = "198.18.0.0/16"
@@ -123,7 +126,8 @@ class DevCluster:
     workdir: Path
     name: str = "bioengine-dev"
     nodes: Sequence[NodeSpec] = DEFAULT_NODES
-    with_kuberay: bool = True
+    with_kuberay: bool = True  # the KubeRay CRDs ...
+    kuberay_operator: bool = True  # ... and its operator (off: tests play KubeRay themselves)
     tie_to_parent: bool = True
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
@@ -171,6 +175,8 @@ class DevCluster:
             self._start_controllers(bins["k8s"], timeout)
             self._start_kwok(bins["kwok"] / "kwok", timeout)
             if self.with_kuberay:
+                self._install_kuberay_crds()
+            if self.with_kuberay and self.kuberay_operator:
                 self._start_kuberay(bins["kuberay"] / "kuberay-operator", timeout)
         except BaseException:
             self.stop()
@@ -303,12 +309,22 @@ class DevCluster:
 
     def _start_kwok(self, kwok: Path, timeout: float) -> None:
         stages = tools.module_source("sigs.k8s.io/kwok", "kwok")
+        ready = yaml.safe_load((stages / READY_STAGE).read_text())
+        ready["spec"]["delay"] = {
+            "durationMilliseconds": 0,
+            "durationFrom": {
+                "expressionFrom": f'.metadata.annotations["{READY_DELAY_ANNOTATION}"]'
+            },
+        }
+        ready_stage = self.workdir / "pod-ready-stage.yaml"
+        ready_stage.write_text(yaml.safe_dump(ready))
         self._spawn(
             "kwok",
             [
                 str(kwok),
                 f"--kubeconfig={self.kubeconfig}",
                 *(f"--config={stages / stage}" for stage in KWOK_STAGES),
+                f"--config={ready_stage}",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                 "--node-lease-duration-seconds=40",
                 f"--cidr={POD_CIDR}",
@@ -327,7 +343,7 @@ class DevCluster:
             timeout,
         )
 
-    def _start_kuberay(self, operator: Path, timeout: float) -> None:
+    def _install_kuberay_crds(self) -> None:
         crd_dir = tools.module_source("github.com/ray-project/kuberay/ray-operator", "kuberay")
         for crd in KUBERAY_CRDS:
             # Server-side apply: these CRDs are too large for the last-applied annotation.
@@ -341,6 +357,8 @@ class DevCluster:
                 for crd in KUBERAY_CRDS
             ),
         )
+
+    def _start_kuberay(self, operator: Path, timeout: float) -> None:
         probe = free_port()
         self._spawn(
             "kuberay-operator",

@@ -1,0 +1,1 @@
+"""Typed spec and status models of the three kinds; the CRDs are generated from them."""

@@ -1,0 +1,1 @@
+"""Pure functions from typed specs to the Kubernetes manifests the operator applies."""

@@ -1,0 +1,1 @@
+"""Reconcilers: read state, call builders, apply children, compute status."""

@@ -1,0 +1,150 @@
+"""Reconcile a BioEngineApp: resolve its datasets, apply its RayService, mirror its status.
+
+KubeRay's conditions are copied with a ``RayService`` prefix, so ``kubectl describe`` on
+the app shows why it is not Ready without looking at the RayService. An app that stays
+not Ready longer than ``initTimeoutSeconds`` after a change is reported ``Stuck`` (a
+condition and a Warning Event): a RayService stuck initializing is the most common KubeRay
+complaint, and otherwise it just sits there silently.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from bioengine_operator.api.app import BioEngineAppSpec
+from bioengine_operator.api.dataset import BioEngineDatasetSpec
+from bioengine_operator.builders import dataset as dataset_builder
+from bioengine_operator.builders import meta, rayservice
+from bioengine_operator.controllers import kube
+from bioengine_operator.controllers.outcome import (
+    Context,
+    Outcome,
+    common_status,
+    with_spec,
+)
+
+DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
+
+
+def resolve_datasets(
+    owner: meta.Owner, names: list[str]
+) -> tuple[list[rayservice.MountedDataset], list[str]]:
+    """The app's datasets as mounts, and the names that do not exist."""
+    found, missing = [], []
+    for name in names:
+        body = kube.get(*DATASET_API, owner.namespace, name)
+        if body is None:
+            missing.append(name)
+            continue
+        ds_owner = meta.Owner.from_body(body)
+        spec = BioEngineDatasetSpec.model_validate(body["spec"])
+        try:
+            volume, sub_path = dataset_builder.volume(spec)
+        except dataset_builder.UnsupportedSource:
+            volume, sub_path = None, ""
+        found.append(
+            rayservice.MountedDataset(name, dataset_builder.endpoint(ds_owner), volume, sub_path)
+        )
+    return found, missing
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def mirrored_conditions(ray_service: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if ray_service is None:
+        return [("RayServiceReady", "Unknown", "NotCreated", "the RayService does not exist yet")]
+    out = []
+    for cond in (ray_service.get("status") or {}).get("conditions") or []:
+        out.append(
+            (
+                f"RayService{cond['type']}",
+                cond.get("status", "Unknown"),
+                cond.get("reason") or "Unknown",
+                cond.get("message", ""),
+            )
+        )
+    if not out:
+        out.append(("RayServiceReady", "Unknown", "Initializing", "KubeRay reported no status yet"))
+    return out
+
+
+@with_spec(BioEngineAppSpec)
+def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Outcome:
+    owner = meta.Owner.from_body(body)
+    old_status = body.get("status") or {}
+
+    datasets, missing = resolve_datasets(owner, spec.datasets)
+    if missing:
+        message = f"datasets not found in namespace {owner.namespace}: {', '.join(missing)}"
+        outcome = Outcome(
+            common_status(
+                body,
+                ctx,
+                ready=False,
+                reason="DatasetNotFound",
+                message=message,
+                phase="Pending",
+                summary="False",
+                extra_conditions=[("DatasetsResolved", False, "DatasetNotFound", message)],
+            )
+        )
+        outcome.retry_in, outcome.retry_reason = ctx.settings.resync_seconds, message
+        return outcome
+
+    kube.apply(rayservice.entry_config_map(owner, spec))
+    kube.apply(rayservice.ray_service(owner, spec, datasets))
+    live = kube.get("ray.io/v1", "RayService", owner.namespace, owner.name)
+    mirrored = mirrored_conditions(live)
+    ready = any(t == "RayServiceReady" and s == "True" for t, s, _, _ in mirrored)
+
+    # How long has the app been trying? Since the last spec change or loss of readiness.
+    generation = body["metadata"].get("generation")
+    since = old_status.get("deployingSince")
+    if ready:
+        since = None
+    elif since is None or old_status.get("observedGeneration") != generation:
+        since = ctx.now_text
+    waited = (ctx.now - _parse_time(since)).total_seconds() if since else 0.0
+    stuck = not ready and waited > spec.init_timeout_seconds
+
+    if ready:
+        phase, reason, message = "Ready", "RayServiceReady", "the Ray Serve app is running"
+    elif stuck:
+        phase, reason = "Stuck", "InitializingTimeout"
+        message = (
+            f"not ready {waited:.0f}s after the last change "
+            f"(initTimeoutSeconds={spec.init_timeout_seconds})"
+        )
+    else:
+        ray_ready = next((m for m in mirrored if m[0] == "RayServiceReady"), None)
+        phase = "Deploying"
+        reason = ray_ready[2] if ray_ready else "Initializing"
+        message = ray_ready[3] if ray_ready else ""
+
+    outcome = Outcome(
+        common_status(
+            body,
+            ctx,
+            ready=ready,
+            reason=reason,
+            message=message,
+            phase=phase,
+            summary="True" if ready else "False",
+            extra_conditions=[
+                ("DatasetsResolved", True, "Resolved", f"{len(datasets)} dataset(s) mounted"),
+                ("Stuck", stuck, reason if stuck else "Progressing", message if stuck else ""),
+                *mirrored,
+            ],
+        )
+    )
+    outcome.status.update(
+        {
+            "rayServiceName": owner.name,
+            "endpoint": rayservice.serve_endpoint(owner),
+            "deployingSince": since,
+        }
+    )
+    return outcome

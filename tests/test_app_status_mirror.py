@@ -1,0 +1,69 @@
+"""An app's status follows its RayService's, including Ready.
+
+Under kwok no RayService can become Ready (KubeRay asks the Ray dashboard in the head pod,
+which does not run). So this module runs its own control plane with the KubeRay CRDs but
+without the KubeRay operator, and the test writes the RayService status itself, the way
+KubeRay would: a simulation of KubeRay's status writes, named as such.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from helpers import apply, condition, get, resource, status, wait_for
+
+from bioengine_operator.devcluster import cluster as devcluster
+from bioengine_operator.devcluster import operator_process
+
+
+@pytest.fixture(scope="module")
+def no_kuberay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.DevCluster]:
+    workdir = tmp_path_factory.mktemp("no-kuberay")
+    with devcluster.DevCluster(workdir, name="no-kuberay", kuberay_operator=False) as dev:
+        operator_process.install_crds(dev)
+        with operator_process.OperatorProcess(dev, workdir / "operator.log"):
+            yield dev
+
+
+def set_rayservice_status(dev: devcluster.DevCluster, name: str, ready: bool, reason: str) -> None:
+    """Write the status KubeRay would write (simulated KubeRay; see the module docstring)."""
+    cond = {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": reason,
+        "message": f"simulated: {reason}",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    upgrade = {**cond, "type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"}
+    patch = {"status": {"conditions": [cond, upgrade], "numServeEndpoints": 1 if ready else 0}}
+    dev.kubectl("-n", "default", "patch", "rayservice", name, "--subresource=status",
+                "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+
+
+def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None:
+    dev = no_kuberay
+    apply(dev, "default", resource("BioEngineApp", "mirror", {
+        "entry": "main:App", "source": {"image": {}},
+    }))  # fmt: skip
+    wait_for(lambda: get(dev, "default", "rayservice", "mirror"), "RayService created")
+
+    set_rayservice_status(dev, "mirror", True, "NonZeroServeEndpoints")
+    wait_for(lambda: status(dev, "default", "bea", "mirror").get("phase") == "Ready", "app Ready")
+    st = status(dev, "default", "bea", "mirror")
+    assert st["ready"] == "True"
+    assert condition(st, "RayServiceReady")["reason"] == "NonZeroServeEndpoints"
+    assert condition(st, "RayServiceUpgradeInProgress")["status"] == "False"
+    assert "deployingSince" not in st
+
+    set_rayservice_status(dev, "mirror", False, "ZeroServeEndpoints")
+
+    def lost() -> bool:
+        now = status(dev, "default", "bea", "mirror")
+        return now.get("phase") == "Deploying" and condition(now, "Ready")["reason"] == (
+            "ZeroServeEndpoints"
+        )
+
+    wait_for(lost, "loss of readiness mirrored")
+    assert status(dev, "default", "bea", "mirror")["deployingSince"]
