@@ -41,8 +41,9 @@ def names(dev: devcluster.DevCluster, namespace: str, kind: str) -> set[str]:
 
 def timed_apply(dev: devcluster.DevCluster, namespace: str, objects: list[dict]) -> float:
     began = time.monotonic()
-    dev.kubectl("-n", namespace, "apply", "--server-side", "-f", "-",
-                stdin=yaml.safe_dump_all(objects))  # fmt: skip
+    dev.kubectl(
+        "-n", namespace, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(objects)
+    )
     return began
 
 
@@ -82,8 +83,9 @@ def main() -> None:
         work = Path(tmp)
         with devcluster.DevCluster(work / "cluster", kuberay_operator=False) as dev:
             operator_process.install_crds(dev)
-            with operator_process.OperatorProcess(dev, work / "operator.log", resync_seconds=60,
-                                                  extra_args=("--log-format=plain",)):  # fmt: skip
+            with operator_process.OperatorProcess(
+                dev, work / "operator.log", resync_seconds=60, extra_args=("--log-format=plain",)
+            ):
                 for run in range(args.runs):
                     for count in args.counts:
                         apps = [f"app-{i}" for i in range(count)]
@@ -98,12 +100,15 @@ def main() -> None:
                         began = timed_apply(dev, ns, direct_children(ns, apps))
                         wait_children(dev, ns, apps)
                         row["direct"].append(time.monotonic() - began)
-    print(f"{'apps':>5} {'operator s (median)':>20} {'direct apply s':>15} {'ratio':>6} "
-          f"{'per app ms':>11}")  # fmt: skip
+    print(
+        f"{'apps':>5} {'operator s (median)':>20} {'direct apply s':>15} {'ratio':>6} "
+        f"{'per app ms':>11}"
+    )
     for count, row in results.items():
         op, direct = statistics.median(row["operator"]), statistics.median(row["direct"])
-        print(f"{count:>5} {op:>20.2f} {direct:>15.2f} {op / direct:>6.1f} "
-              f"{1000 * op / count:>11.0f}")  # fmt: skip
+        print(
+            f"{count:>5} {op:>20.2f} {direct:>15.2f} {op / direct:>6.1f} {1000 * op / count:>11.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and the operator) is attached to its report, so CI output shows what each of the
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,16 @@ from bioengine_operator.devcluster import operator_process, procs
 
 # Log tails to attach to a failing test's report, registered by the fixtures that own them.
 _LOG_SOURCES: list[Callable[[], str]] = []
+
+
+@contextlib.contextmanager
+def register_logs(source: Callable[[], str]) -> Iterator[None]:
+    """Attach ``source()`` to the report of every test that fails inside the block."""
+    _LOG_SOURCES.append(source)
+    try:
+        yield
+    finally:
+        _LOG_SOURCES.remove(source)
 
 
 @pytest.fixture(scope="session")

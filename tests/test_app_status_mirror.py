@@ -38,15 +38,33 @@ def set_rayservice_status(dev: devcluster.DevCluster, name: str, ready: bool, re
     }
     upgrade = {**cond, "type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"}
     patch = {"status": {"conditions": [cond, upgrade], "numServeEndpoints": 1 if ready else 0}}
-    dev.kubectl("-n", "default", "patch", "rayservice", name, "--subresource=status",
-                "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+    dev.kubectl(
+        "-n",
+        "default",
+        "patch",
+        "rayservice",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
 
 
 def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None:
     dev = no_kuberay
-    apply(dev, "default", resource("BioEngineApp", "mirror", {
-        "entry": "main:App", "source": {"image": {}},
-    }))  # fmt: skip
+    apply(
+        dev,
+        "default",
+        resource(
+            "BioEngineApp",
+            "mirror",
+            {
+                "entry": "main:App",
+                "source": {"image": {}},
+            },
+        ),
+    )
     wait_for(lambda: get(dev, "default", "rayservice", "mirror"), "RayService created")
 
     set_rayservice_status(dev, "mirror", True, "NonZeroServeEndpoints")

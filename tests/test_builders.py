@@ -92,10 +92,13 @@ def test_config_map_repository_keys_become_paths() -> None:
 def test_s3_repository_with_endpoint_and_secret() -> None:
     spec = runner(
         modelRepository={
-            "s3": {"uri": "s3://bucket/models", "endpoint": "http://minio:9000",
-                   "secretRef": {"name": "s3-creds"}}
+            "s3": {
+                "uri": "s3://bucket/models",
+                "endpoint": "http://minio:9000",
+                "secretRef": {"name": "s3-creds"},
+            }
         }
-    )  # fmt: skip
+    )
     c = container(triton.deployment(OWNER, spec, "blue"))
     assert "--model-repository=s3://minio:9000/bucket/models" in c["args"]
     assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
@@ -117,6 +120,14 @@ def test_service_and_pdb_select_both_colors() -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     pod_labels = triton.deployment(OWNER, runner(), "blue")["spec"]["template"]["metadata"]
     assert svc["spec"]["selector"].items() <= pod_labels["labels"].items()
+
+
+def test_color_services_select_one_color_each() -> None:
+    for color in triton.COLORS:
+        svc = triton.color_service(OWNER, color)
+        assert svc["metadata"]["name"] == f"unet-{color}"
+        assert svc["spec"]["selector"][triton.COLOR_LABEL] == color
+        assert triton.grpc_endpoint(OWNER, color) == f"unet-{color}.lab.svc:8001"
 
 
 def test_children_are_owned_by_the_resource() -> None:
@@ -143,11 +154,16 @@ APP = {
     "runtimeEnv": {"pip": ["numpy"], "envVars": {"MODE": "fast"}},
     "rayCluster": {
         "workerGroups": [
-            {"name": "gpu", "replicas": 1, "maxReplicas": 2, "resources": {"gpu": 1},
-             "nodeSelector": {"pool": "gpu"}}
+            {
+                "name": "gpu",
+                "replicas": 1,
+                "maxReplicas": 2,
+                "resources": {"gpu": 1},
+                "nodeSelector": {"pool": "gpu"},
+            }
         ]
     },
-}  # fmt: skip
+}
 CELLS = rayservice.MountedDataset(
     "cells", "http://cells-dataset.lab.svc:8080", {"persistentVolumeClaim": {"claimName": "c"}}
 )
@@ -210,9 +226,11 @@ def test_entry_config_map_carries_the_entry_module() -> None:
     spec = BioEngineAppSpec.model_validate(APP)
     cm = rayservice.entry_config_map(APP_OWNER, spec)
     assert "def build(" in cm["data"]["bioengine_serve_entry.py"]
+    assert "def dumps(" in cm["data"]["bioengine_codec.py"]
     assert json.loads(cm["data"]["bioengine-app.json"]) == {
         "entry": "segmenter:CellSegmenter",
         "deployments": ["helpers.pre:Pre"],
+        "exposedMethods": [],
     }
 
 

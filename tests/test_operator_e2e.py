@@ -32,10 +32,16 @@ MODELS_CM = {
 
 
 def runner(name: str, replicas: int = 1, **spec: Any) -> dict[str, Any]:
-    return resource("ModelRunner", name, {
-        "modelRepository": {"configMap": {"name": "models"}}, "models": ["m"],
-        "replicas": replicas, **spec,
-    })  # fmt: skip
+    return resource(
+        "ModelRunner",
+        name,
+        {
+            "modelRepository": {"configMap": {"name": "models"}},
+            "models": ["m"],
+            "replicas": replicas,
+            **spec,
+        },
+    )
 
 
 def phase(cluster: devcluster.DevCluster, ns: str, kind: str, name: str) -> str | None:
@@ -168,8 +174,13 @@ def test_children_are_restored_after_drift(cluster: devcluster.DevCluster, names
         green = get(cluster, namespace, "deployment", "drift-green")
         blue = get(cluster, namespace, "deployment", "drift-blue")
         pdb = get(cluster, namespace, "pdb", "drift")
-        return bool(svc and svc["metadata"]["uid"] != old_uid and green and pdb
-                    and blue["spec"]["replicas"] == 1)  # fmt: skip
+        return bool(
+            svc
+            and svc["metadata"]["uid"] != old_uid
+            and green
+            and pdb
+            and blue["spec"]["replicas"] == 1
+        )
 
     wait_for(restored, "deleted and edited children restored")
     wait_for(lambda: phase(cluster, namespace, "mr", "drift") == "Ready", "runner Ready again")
@@ -183,22 +194,36 @@ def test_deleting_the_runner_collects_its_children(
     cluster.kubectl("-n", namespace, "delete", "mr", "gone", "--wait=true", "--timeout=60s")
     selector = "bioengine.bioimage.io/modelrunner=gone"
     wait_for(
-        lambda: not any(items(cluster, namespace, kind, selector)
-                        for kind in ("deployments", "services", "pdb", "pods")),
+        lambda: (
+            not any(
+                items(cluster, namespace, kind, selector)
+                for kind in ("deployments", "services", "pdb", "pods")
+            )
+        ),
         "children garbage-collected",
-    )  # fmt: skip
+    )
 
 
 def test_bad_objects_get_conditions_and_do_not_block_good_ones(
     cluster: devcluster.DevCluster, namespace: str
 ) -> None:
     # Valid for the API server, wrong for the operator: missing references.
-    app = resource("BioEngineApp", "orphan", {
-        "entry": "main:App", "source": {"configMap": {"name": "code"}}, "datasets": ["nope"],
-    })  # fmt: skip
+    app = resource(
+        "BioEngineApp",
+        "orphan",
+        {
+            "entry": "main:App",
+            "source": {"configMap": {"name": "code"}},
+            "datasets": ["nope"],
+        },
+    )
     apply(cluster, namespace, app, runner("no-repo"))
-    apply(cluster, namespace, MODELS_CM, runner("good", modelRepository={
-        "configMap": {"name": "models"}}))  # fmt: skip
+    apply(
+        cluster,
+        namespace,
+        MODELS_CM,
+        runner("good", modelRepository={"configMap": {"name": "models"}}),
+    )
     wait_for(lambda: phase(cluster, namespace, "mr", "good") == "Ready", "good runner Ready")
 
     def reported() -> bool:
@@ -234,11 +259,18 @@ def test_app_becomes_rayservice_and_kuberay_raycluster(
         "entry": "main:App",
         "source": {"uri": "https://example.org/app.zip"},
         "deploymentConfig": {"numReplicas": 2},
-        "rayCluster": {"workerGroups": [{
-            "name": "gpu", "replicas": 1, "maxReplicas": 3, "resources": {"gpu": 1},
-            "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Exists"}],
-        }]},
-    }  # fmt: skip
+        "rayCluster": {
+            "workerGroups": [
+                {
+                    "name": "gpu",
+                    "replicas": 1,
+                    "maxReplicas": 3,
+                    "resources": {"gpu": 1},
+                    "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Exists"}],
+                }
+            ]
+        },
+    }
     apply(cluster, namespace, resource("BioEngineApp", "seg", spec))
     wait_for(lambda: items(cluster, namespace, "raycluster"), "RayCluster created by KubeRay")
     (ray_cluster,) = items(cluster, namespace, "raycluster")

@@ -181,6 +181,11 @@ class BioEngineAppSpec(Model):
         description="Further deployments (module:Class), passed to the entry class as "
         "DeploymentHandle arguments named after their module.",
     )
+    exposed_methods: list[str] = Field(
+        default_factory=list,
+        description="Methods of the entry class the Hypha service offers; empty offers every "
+        "public method.",
+    )
     deployment_config: DeploymentConfig = Field(
         default_factory=DeploymentConfig, description="Ray Serve options of the entry deployment."
     )

@@ -76,8 +76,9 @@ class OneOf(Model):
         target = handler.resolve_ref_schema(json_schema)
         names = cls._wire_names()
         terms = ", ".join(f"has(self.{name})" for name in names)
-        rule = cel(f"[{terms}].filter(x, x).size() == 1",
-                   f"exactly one of {', '.join(names)} must be set")  # fmt: skip
+        rule = cel(
+            f"[{terms}].filter(x, x).size() == 1", f"exactly one of {', '.join(names)} must be set"
+        )
         target.setdefault("x-kubernetes-validations", []).append(rule)
         return json_schema
 

@@ -24,9 +24,12 @@ ENTRY_DIR = "/home/ray/bioengine"
 APP_DIR = "/home/ray/app"
 DATASETS_DIR = "/data"
 SERVE_PORT = 8000
-ENTRY_SOURCE = (
-    importlib.resources.files("bioengine_operator.runtime").joinpath("serve_entry.py").read_text()
-)
+_RUNTIME = importlib.resources.files("bioengine_operator.runtime")
+# Files of the entry ConfigMap, as the Ray pods import them.
+RUNTIME_FILES = {
+    f"{ENTRY_MODULE}.py": _RUNTIME.joinpath("serve_entry.py").read_text(),
+    "bioengine_codec.py": _RUNTIME.joinpath("codec.py").read_text(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +51,17 @@ def entry_config_map_name(owner: meta.Owner) -> str:
 
 
 def entry_config_map(owner: meta.Owner, spec: BioEngineAppSpec) -> dict[str, Any]:
-    config = {"entry": spec.entry, "deployments": list(spec.deployments)}
+    config = {
+        "entry": spec.entry,
+        "deployments": list(spec.deployments),
+        "exposedMethods": list(spec.exposed_methods),
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta.metadata(owner, entry_config_map_name(owner), COMPONENT),
         "data": {
-            f"{ENTRY_MODULE}.py": ENTRY_SOURCE,
+            **RUNTIME_FILES,
             "bioengine-app.json": json.dumps(config, indent=2, sort_keys=True),
         },
     }

@@ -8,7 +8,6 @@ than ``2 x replicas``. Which color may change when is decided in :mod:`bluegreen
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
@@ -192,6 +191,22 @@ def service(owner: meta.Owner) -> dict[str, Any]:
     }
 
 
+def color_service(owner: meta.Owner, color: Color) -> dict[str, Any]:
+    """One Service per color: the bridge sends a call to one color and, if it fails, to the
+    other; through the shared Service a retry could land on the same dying pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.metadata(
+            owner, deployment_name(owner, color), COMPONENT, extra_labels={COLOR_LABEL: color}
+        ),
+        "spec": {
+            "selector": {**selector(owner), COLOR_LABEL: color},
+            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}],
+        },
+    }
+
+
 def pod_disruption_budget(owner: meta.Owner, spec: ModelRunnerSpec) -> dict[str, Any]:
     """Voluntary disruptions (drains, spot rebalancing) may take at most one color's worth."""
     return {
@@ -202,12 +217,7 @@ def pod_disruption_budget(owner: meta.Owner, spec: ModelRunnerSpec) -> dict[str,
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class RunnerEndpoints:
-    grpc: str
-    http: str
-
-
-def endpoints(owner: meta.Owner) -> RunnerEndpoints:
-    host = f"{owner.name}.{owner.namespace}.svc"
-    return RunnerEndpoints(grpc=f"{host}:{GRPC_PORT}", http=f"http://{host}:{HTTP_PORT}")
+def grpc_endpoint(owner: meta.Owner, color: Color | None = None) -> str:
+    """gRPC address of the runner's Service, or of one color's."""
+    name = deployment_name(owner, color) if color else owner.name
+    return f"{name}.{owner.namespace}.svc:{GRPC_PORT}"

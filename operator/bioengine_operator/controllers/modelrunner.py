@@ -75,6 +75,8 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: ModelRunnerSpec) -> Outc
             outcome.event("UpdatingColor", f"rolling {color} to revision {target}")
         kube.apply(triton.deployment(owner, spec, color, keys))
     kube.apply(triton.service(owner))
+    for color in bluegreen.COLORS:
+        kube.apply(triton.color_service(owner, color))
     kube.apply(triton.pod_disruption_budget(owner, spec))
 
     total = 2 * spec.replicas
@@ -96,7 +98,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: ModelRunnerSpec) -> Outc
             "revision": desired,
             "updatingColor": step.updating,
             "models": list(spec.models),
-            "endpoint": triton.endpoints(owner).grpc,
+            "endpoint": triton.grpc_endpoint(owner),
             **{
                 color: {
                     "revision": observed[color].revision,

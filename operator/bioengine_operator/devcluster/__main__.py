@@ -1,5 +1,7 @@
 """``python -m bioengine_operator.devcluster {tools,up,down}``: the local control plane for people.
 
+``up --operator`` also runs the BioEngine operator against it (``make demo``).
+
 ``up`` leaves the cluster running after it returns (the processes are not tied to it) and
 prints the ``KUBECONFIG`` to export; ``down`` stops it by the PIDs recorded in its state file.
 """
@@ -7,10 +9,12 @@ prints the ``KUBECONFIG`` to export; ``down`` stops it by the PIDs recorded in i
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
-from bioengine_operator.devcluster import cluster, tools
+from bioengine_operator.devcluster import cluster, operator_process, tools
 
 DEFAULT_WORKDIR = cluster.DEFAULT_WORKDIR
 
@@ -29,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
             "--workdir", type=Path, help=f"state directory (default: {DEFAULT_WORKDIR}/<name>)"
         )
     up.add_argument("--no-kuberay", action="store_true", help="skip the KubeRay CRDs and operator")
+    up.add_argument(
+        "--operator",
+        action="store_true",
+        help="also install our CRDs and run the BioEngine operator against it",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "tools":
@@ -47,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
         workdir, name=args.name, with_kuberay=not args.no_kuberay, tie_to_parent=False
     )
     dev.start()
+    if args.operator:
+        operator_process.install_crds(dev)
+        dev.spawn(
+            "bioengine-operator",
+            [sys.executable, "-m", "bioengine_operator.cli"],
+            env={**os.environ, "KUBECONFIG": str(dev.kubeconfig)},
+        )
     print(
         f"control plane {args.name!r} ready in {time.monotonic() - started:.1f}s "
         f"(API server {dev.server}); logs in {dev.logs}"

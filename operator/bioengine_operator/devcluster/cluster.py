@@ -130,6 +130,7 @@ class DevCluster:
     kuberay_operator: bool = True  # ... and its operator (off: tests play KubeRay themselves)
     tie_to_parent: bool = True
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
+    executables: dict[str, str] = dataclasses.field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     api_port: int = 0
     etcd_url: str = ""
@@ -190,12 +191,15 @@ class DevCluster:
             self._procs.pop(name, None)
         self._save_state()
 
-    def _spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a process that belongs to this cluster: logged, recorded, stopped with it."""
         proc = procs.spawn(
             argv, self.logs / f"{name}.log", tie_to_parent=self.tie_to_parent, **kwargs
         )
         self._procs[name] = proc
         self.pids[name] = proc.pid
+        # What the process runs, as launched (reading /proc now could race the exec).
+        self.executables[name] = argv[0]
         self._save_state()
         return proc
 
@@ -208,7 +212,7 @@ class DevCluster:
                 "name": self.name,
                 "kubeconfig": str(self.kubeconfig),
                 "pids": self.pids,
-                "executables": {n: procs.executable_of(p) for n, p in self.pids.items()},
+                "executables": {n: self.executables[n] for n in self.pids},
             }
             self.state_file.write_text(json.dumps(state, indent=2))
 
@@ -217,7 +221,7 @@ class DevCluster:
     def _start_etcd(self, etcd: Path, timeout: float) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 str(etcd),
@@ -236,7 +240,7 @@ class DevCluster:
 
     def _start_apiserver(self, apiserver: Path, timeout: float) -> None:
         pki = self.pki
-        self._spawn(
+        self.spawn(
             "kube-apiserver",
             [
                 str(apiserver),
@@ -272,7 +276,7 @@ class DevCluster:
             "--bind-address=127.0.0.1",
         ]
         cm_port, sched_port = free_port(), free_port()
-        self._spawn(
+        self.spawn(
             "kube-controller-manager",
             [
                 str(bindir / "kube-controller-manager"),
@@ -283,7 +287,7 @@ class DevCluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
             ],
         )
-        self._spawn(
+        self.spawn(
             "kube-scheduler",
             [
                 str(bindir / "kube-scheduler"),
@@ -318,7 +322,7 @@ class DevCluster:
         }
         ready_stage = self.workdir / "pod-ready-stage.yaml"
         ready_stage.write_text(yaml.safe_dump(ready))
-        self._spawn(
+        self.spawn(
             "kwok",
             [
                 str(kwok),
@@ -360,7 +364,7 @@ class DevCluster:
 
     def _start_kuberay(self, operator: Path, timeout: float) -> None:
         probe = free_port()
-        self._spawn(
+        self.spawn(
             "kuberay-operator",
             [
                 str(operator),

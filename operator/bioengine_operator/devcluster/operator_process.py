@@ -22,10 +22,13 @@ CRD_DIR = tools.REPO_ROOT / "crds"
 def install_crds(cluster: devcluster.DevCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/bioengineapps.bioengine.bioimage.io", "crd/modelrunners.bioengine.bioimage.io",
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/bioengineapps.bioengine.bioimage.io",
+        "crd/modelrunners.bioengine.bioimage.io",
         "crd/bioenginedatasets.bioengine.bioimage.io",
-    )  # fmt: skip
+    )
 
 
 @dataclasses.dataclass
@@ -45,12 +48,17 @@ class OperatorProcess:
         }
         self.proc = procs.spawn(
             [
-                sys.executable, "-m", "bioengine_operator.cli", "--verbose", "--log-format=json",
-                f"--liveness=http://127.0.0.1:{port}/healthz", *self.extra_args,
+                sys.executable,
+                "-m",
+                "bioengine_operator.cli",
+                "--verbose",
+                "--log-format=json",
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+                *self.extra_args,
             ],
             self.log,
             env=env,
-        )  # fmt: skip
+        )
         url = f"http://127.0.0.1:{port}/healthz"
 
         def healthy() -> bool:

@@ -1,0 +1,38 @@
+"""Who may call a service: ``authorizedUsers`` against the caller Hypha vouches for.
+
+Hypha first applies the service's visibility (a protected service is reachable only from
+its workspace and from the ``authorized_workspaces`` it names); the bridge then asks
+Hypha for the request context and checks the caller's user id and email. An empty list
+adds nothing to the visibility rule; ``"*"`` allows every caller that reached the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+EVERYONE = "*"
+
+
+def user_workspaces(authorized_users: Sequence[str]) -> list[str]:
+    """Personal Hypha workspaces (``ws-user-<id>``) of the listed user ids (not emails), so
+    those users can reach a protected service from their own workspace."""
+    return [f"ws-user-{u}" for u in authorized_users if u != EVERYONE and "@" not in u]
+
+
+def authorize(authorized_users: Sequence[str], context: dict[str, Any] | None, service: str) -> str:
+    """Return the caller's id, or raise PermissionError saying why the call is refused."""
+    user = (context or {}).get("user") or {}
+    caller = str(user.get("id") or "anonymous")
+    if not authorized_users or EVERYONE in authorized_users:
+        return caller
+    if user.get("is_anonymous") or not user.get("id"):
+        raise PermissionError(
+            f"{service} does not accept anonymous calls: connect to Hypha with a token of one "
+            "of its authorized users"
+        )
+    if caller in authorized_users or (user.get("email") and user["email"] in authorized_users):
+        return caller
+    raise PermissionError(
+        f"user {caller} ({user.get('email') or 'no email'}) is not authorized to call {service}"
+    )

@@ -1,0 +1,86 @@
+"""Which Hypha service a resource should have right now, if any (no I/O).
+
+A resource gets a service while it can serve: an app while its RayService is Ready, a model
+runner while at least one of its colors has a Ready pod (an update in progress still
+serves), a dataset while a server pod is Ready. The :class:`Desired` value holds everything
+the registration depends on; when it changes the service is registered again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bioengine_operator.bridge.endpoints import Endpoints
+
+KINDS = ("BioEngineApp", "ModelRunner", "BioEngineDataset")
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    kind: str
+    namespace: str
+    name: str
+    service_id: str
+    visibility: str
+    authorized_users: tuple[str, ...]
+    description: str
+    endpoints: tuple[str, ...]  # app / dataset: one URL; runner: blue and green gRPC targets
+    dataset_id: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+def serviceable(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    kind = body["kind"]
+    if kind == "BioEngineApp":
+        return status.get("phase") == "Ready"
+    if kind == "ModelRunner":
+        ready = sum((status.get(c) or {}).get("readyReplicas", 0) for c in ("blue", "green"))
+        return ready > 0
+    return int(status.get("readyReplicas", 0)) > 0
+
+
+def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desired | None:
+    """The service ``body`` should have, or None (not ready, or meant for another workspace)."""
+    if body.get("kind") not in KINDS or body["metadata"].get("deletionTimestamp"):
+        return None
+    if not serviceable(body):
+        return None
+    spec = body.get("spec") or {}
+    service = spec.get("service") or {}
+    if service.get("workspace") not in (None, workspace):
+        return None  # another bridge, connected to that workspace, serves it
+    kind, meta = body["kind"], body["metadata"]
+    if kind == "BioEngineApp":
+        found: tuple[str | None, ...] = (endpoints.app(body),)
+        users = spec.get("authorizedUsers") or []
+        description = spec.get("description") or ""
+        dataset_id = None
+    elif kind == "ModelRunner":
+        found = endpoints.runner(body)
+        users = []  # model runners are guarded by visibility alone
+        description = f"Triton models: {', '.join(spec.get('models') or [])}"
+        dataset_id = None
+    else:
+        found = (endpoints.dataset(body),)
+        manifest = spec.get("manifest") or {}
+        users = manifest.get("authorizedUsers") or []
+        description = manifest.get("description") or manifest.get("name") or ""
+        dataset_id = manifest.get("id") or meta["name"]
+    if not all(found):
+        return None
+    return Desired(
+        kind=kind,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        service_id=service.get("id") or meta["name"],
+        visibility=service.get("visibility") or "protected",
+        authorized_users=tuple(users),
+        description=description,
+        endpoints=tuple(str(e) for e in found),
+        dataset_id=dataset_id,
+    )

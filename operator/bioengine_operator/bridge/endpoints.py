@@ -1,0 +1,43 @@
+"""Where the backends of a resource are, seen from the bridge.
+
+In a cluster the answer comes from the resource's status and names (Services and their
+cluster DNS names). Under kwok, pods have no network, so tests run the real backends on
+loopback and tell the bridge where they are with an endpoints file: the one seam between
+the bridge and the simulated pods. Its JSON maps ``<kind>/<namespace>/<name>`` to a URL
+(apps, datasets) or to ``{"blue": "host:port", "green": "host:port"}`` (model runners).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bioengine_operator.builders import meta, triton
+
+
+class Endpoints:
+    def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+        self.overrides = overrides or {}
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> Endpoints:
+        return cls(json.loads(path.read_text()) if path else None)
+
+    def _override(self, kind: str, namespace: str, name: str) -> Any:
+        return self.overrides.get(f"{kind.lower()}/{namespace}/{name}")
+
+    def app(self, body: dict[str, Any]) -> str | None:
+        meta_ = body["metadata"]
+        found = self._override("BioEngineApp", meta_["namespace"], meta_["name"])
+        return found or (body.get("status") or {}).get("endpoint")
+
+    def dataset(self, body: dict[str, Any]) -> str | None:
+        meta_ = body["metadata"]
+        found = self._override("BioEngineDataset", meta_["namespace"], meta_["name"])
+        return found or (body.get("status") or {}).get("endpoint")
+
+    def runner(self, body: dict[str, Any]) -> tuple[str, ...]:
+        owner = meta.Owner.from_body(body)
+        found = self._override("ModelRunner", owner.namespace, owner.name) or {}
+        return tuple(found.get(c) or triton.grpc_endpoint(owner, c) for c in triton.COLORS)

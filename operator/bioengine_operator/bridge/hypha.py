@@ -1,0 +1,117 @@
+"""The bridge's connection to Hypha, kept alive across Hypha restarts.
+
+hypha-rpc reconnects by itself and re-registers the services it holds, but it gives up for
+good when the server refuses the reconnection (e.g. the bridge's workspace vanished with a
+restarted in-memory server). A probe therefore checks the connection every second; after
+two failures the bridge drops the client and connects afresh, and the registry re-registers
+everything. Either way services are back within a few seconds of Hypha answering again.
+
+WebSocket per-message deflate is switched off on the bridge's connection: for array
+payloads it costs several times the transfer it saves (measured in ``bench/bridge.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypha_rpc import connect_to_server, websocket_client
+
+logger = logging.getLogger(__name__)
+
+
+def disable_compression() -> None:
+    """Make hypha-rpc open its WebSockets without permessage-deflate.
+
+    hypha-rpc has no option for it, so this wraps its (private) connect-arguments hook; if a
+    future hypha-rpc renames it, the bridge still works, only slower for large payloads.
+    """
+    cls = websocket_client.WebsocketRPCConnection
+    original = getattr(cls, "_ws_connect_kwargs", None)
+    if original is None or getattr(original, "_bioengine_no_deflate", False):
+        if original is None:
+            logger.warning("cannot disable WebSocket compression in this hypha-rpc version")
+        return
+
+    def without_deflate(self: Any) -> dict[str, Any]:
+        return {**original(self), "compression": None}
+
+    without_deflate._bioengine_no_deflate = True  # type: ignore[attr-defined]
+    cls._ws_connect_kwargs = without_deflate  # type: ignore[method-assign]
+
+
+@dataclasses.dataclass
+class Settings:
+    server_url: str
+    workspace: str
+    token: str = dataclasses.field(repr=False)  # never printed
+    client_id: str = "bioengine-bridge"
+    method_timeout: float = 30.0
+
+
+class HyphaConnection:
+    def __init__(self, settings: Settings, on_fresh: Callable[[], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.on_fresh = on_fresh  # re-register everything after a fresh connection
+        self.server: Any = None
+        self.generation = 0  # bumped per fresh connection
+
+    async def connect(self) -> None:
+        self.server = await connect_to_server(
+            {
+                "server_url": self.settings.server_url,
+                "workspace": self.settings.workspace,
+                "token": self.settings.token,
+                "client_id": self.settings.client_id,
+                "method_timeout": self.settings.method_timeout,
+            }
+        )
+        self.generation += 1
+        logger.info(
+            "connected to Hypha %s, workspace %s", self.settings.server_url, self.settings.workspace
+        )
+
+    async def _alive(self) -> bool:
+        try:
+            await asyncio.wait_for(self.server.echo("ping"), timeout=2)
+        except Exception:  # any failure means: not usable now
+            return False
+        return True
+
+    async def keep_alive(self, interval: float = 1.0) -> None:
+        """Run forever: probe, and reconnect from scratch when the client is stuck."""
+        failures = 0
+        while True:
+            await asyncio.sleep(interval)
+            if self.server is not None and await self._alive():
+                failures = 0
+                continue
+            failures += 1
+            if failures < 2:
+                continue
+            await self._reconnect()
+            failures = 0
+
+    async def _reconnect(self) -> None:
+        old, self.server = self.server, None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.disconnect(), timeout=2)
+            except Exception as err:  # the old client may be half dead; it is dropped anyway
+                logger.debug("dropping the old Hypha client: %s", err)
+        try:
+            await self.connect()
+        except Exception as err:
+            logger.warning("Hypha not reachable yet: %s", err)
+            return
+        await self.on_fresh()
+
+    async def register(self, service: dict[str, Any]) -> str:
+        info = await self.server.register_service(service, {"overwrite": True})
+        return str(info["id"])
+
+    async def unregister(self, service_id: str) -> None:
+        await self.server.unregister_service(service_id)

@@ -1,0 +1,302 @@
+"""Real backends for the bridge tests and benchmarks: Hypha, Triton and Ray Serve.
+
+Each runs from its own virtual environment (``.venv-hypha``, ``.venv-triton``,
+``.venv-ray``, made by ``make test-backends`` from ``tools/requirements/``) because their
+pins conflict, and each is a managed process stopped by process group. Ray binds every
+interface, so it runs in a :class:`~bioengine_operator.devcluster.netns.LoopbackNamespace`
+and is reached through a relay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bioengine_operator.devcluster import netns, procs, tools
+from bioengine_operator.devcluster.cluster import free_port
+
+# Hypha server settings for a server that a bridge registers with (also set by the chart).
+BRIDGE_RATE_LIMITS = {"HYPHA_WS_MSG_RATE_LIMIT": "10000", "HYPHA_WS_MSG_BURST_LIMIT": "20000"}
+
+
+def venv(name: str) -> Path:
+    path = tools.REPO_ROOT / f".venv-{name}"
+    if not (path / "bin" / "python").exists():
+        raise FileNotFoundError(f"{path} is missing: run `make test-backends`")
+    return path
+
+
+def _site_packages(env: Path) -> Path:
+    return next((env / "lib").glob("python3*/site-packages"))
+
+
+def _ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+@dataclasses.dataclass
+class HyphaServer:
+    """A Hypha server on loopback with a fixed server id and JWT secret, so clients and
+    tokens survive a restart. ``deflate=False`` turns off WebSocket per-message deflate."""
+
+    workdir: Path
+    jwt_secret: str
+    root_token: str
+    server_id: str = "bioengine-test"
+    deflate: bool = True
+    extra_env: dict[str, str] = dataclasses.field(default_factory=dict)  # HYPHA_<ARG> options
+    port: int = dataclasses.field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        python = venv("hypha") / "bin" / "python"
+        env = {
+            **os.environ,
+            "HYPHA_JWT_SECRET": self.jwt_secret,
+            "HYPHA_SERVER_ID": self.server_id,
+            "HYPHA_ROOT_TOKEN": self.root_token,
+            # The bridge carries every user's calls on one connection; Hypha's default of
+            # 200 messages/s per connection disconnects it under modest load.
+            **BRIDGE_RATE_LIMITS,
+            **self.extra_env,
+        }
+        # uvicorn directly: `python -m hypha.server` offers no switch for the deflate setting.
+        argv = [
+            str(python),
+            "-m",
+            "uvicorn",
+            "hypha.server:app",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            "--ws-per-message-deflate",
+            str(self.deflate).lower(),
+        ]
+        log = self.workdir / f"hypha-{self.port}.log"
+        self.proc = procs.spawn(argv, log, env=env, cwd=self.workdir)
+        procs.wait_for(
+            lambda: _ok(f"{self.url}/health/readiness"), "hypha", timeout, proc=self.proc, log=log
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop_group(self.proc.pid)
+            self.proc = None
+
+    def kill(self) -> None:
+        """Die abruptly, as on a node failure."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 9)
+            procs.stop_group(self.proc.pid)
+            self.proc = None
+
+    def token(
+        self, user_id: str, email: str, workspace: str | None = None, permission: str = "read_write"
+    ) -> str:
+        """A token for ``user_id``, minted offline with the server's JWT secret."""
+        argv = [
+            str(venv("hypha") / "bin" / "python"),
+            "-m",
+            "hypha",
+            "generate-token",
+            f"--user-id={user_id}",
+            f"--email={email}",
+            "--role=user",
+            f"--permission={permission}",
+            "--expires-in=86400",
+        ]
+        if workspace:
+            argv.append(f"--workspace={workspace}")
+        out = subprocess.run(
+            argv,
+            env={**os.environ, "HYPHA_JWT_SECRET": self.jwt_secret},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return out.strip().splitlines()[-1].split()[-1]
+
+
+def write_model_repository(files: dict[str, str], destination: Path) -> list[str]:
+    """Lay out a ModelRunner ConfigMap (``a__b`` keys for ``a/b``) as a Triton repository.
+
+    The python-backend stub shipped with nvidia-pytriton does not see the venv's packages
+    (NumPy), so each ``model.py`` gets that site-packages prepended to ``sys.path``: a
+    concession to this test environment, not something a Triton image needs.
+    """
+    site = _site_packages(venv("triton"))
+    models = set()
+    for key, text in files.items():
+        path = destination / key.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "model.py":
+            text = f"import sys\nsys.path.insert(0, {str(site)!r})\n" + text
+        path.write_text(text)
+        models.add(key.split("__", 1)[0])
+    return sorted(models)
+
+
+@dataclasses.dataclass
+class TritonServer:
+    """tritonserver from nvidia-pytriton, python backend, CPU, explicit model control."""
+
+    workdir: Path
+    repository: Path
+    models: list[str]
+    name: str = "triton"
+    grpc_port: int = dataclasses.field(default_factory=free_port)
+    http_port: int = dataclasses.field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _backends(self) -> Path:
+        """The python backend plus the stub for this Python (pytriton keeps them apart)."""
+        pytriton = _site_packages(venv("triton")) / "pytriton" / "tritonserver"
+        backends = self.workdir / "triton-backends"
+        if not (backends / "python" / "triton_python_backend_stub").exists():
+            shutil.copytree(
+                pytriton / "backends" / "python", backends / "python", dirs_exist_ok=True
+            )
+            shutil.copy2(
+                pytriton / "python_backend_stubs" / "3.11" / "triton_python_backend_stub",
+                backends / "python" / "triton_python_backend_stub",
+            )
+        return backends
+
+    def start(self, timeout: float = 60.0) -> None:
+        site = _site_packages(venv("triton"))
+        binary = site / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+        libs = f"{site / 'nvidia_pytriton.libs'}:{sysconfig.get_config_var('LIBDIR')}"
+        argv = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self._backends()}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={free_port()}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=explicit",
+            "--strict-readiness=true",
+            *(f"--load-model={m}" for m in self.models),
+        ]
+        log = self.workdir / f"{self.name}.log"
+        self.proc = procs.spawn(argv, log, env={**os.environ, "LD_LIBRARY_PATH": libs})
+        procs.wait_for(
+            lambda: _ok(f"{self.http}/v2/health/ready"), self.name, timeout, proc=self.proc, log=log
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop_group(self.proc.pid)
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 9)
+            procs.stop_group(self.proc.pid)
+            self.proc = None
+
+
+@dataclasses.dataclass
+class RayServe:
+    """A Ray head with Serve in a loopback-only namespace, reachable through a relay."""
+
+    workdir: Path
+    namespace: netns.LoopbackNamespace | None = None
+    head: subprocess.Popen[bytes] | None = None
+    relay: subprocess.Popen[bytes] | None = None
+    port: int = 0  # host port of the relay to Serve's HTTP proxy
+
+    def start(self, python_path: list[Path], timeout: float = 120.0) -> None:
+        self.namespace = netns.LoopbackNamespace(self.workdir)
+        self.namespace.start()
+        ray = venv("ray") / "bin"
+        # A short temp dir: Ray's socket paths must stay under the 107-byte limit.
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": ":".join(str(p) for p in python_path),
+        }
+        log = self.workdir / "ray.log"
+        try:
+            self.head = procs.spawn(
+                [
+                    *self.namespace.enter(),
+                    str(ray / "ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    "--num-cpus=2",
+                    "--object-store-memory=200000000",
+                    f"--temp-dir={self.temp}",
+                    "--dashboard-host=127.0.0.1",
+                    "--disable-usage-stats",
+                ],
+                log,
+                env=self.env,
+            )
+            procs.wait_for(
+                lambda: self._inside(["curl", "-sf", "http://127.0.0.1:8265/api/version"]),
+                "ray dashboard",
+                timeout,
+                proc=self.head,
+                log=log,
+            )
+            self.relay, self.port = netns.relay(self.namespace, 8000, self.workdir / "relay.log")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _inside(self, argv: list[str]) -> bool:
+        assert self.namespace is not None
+        result = subprocess.run(
+            [*self.namespace.enter(), *argv], capture_output=True, env=self.env, timeout=120
+        )
+        return result.returncode == 0
+
+    def deploy(self, serve_config: dict[str, Any]) -> None:
+        """``serve deploy`` the applications list a RayService's serveConfigV2 holds."""
+        config = self.workdir / "serve-config.yaml"
+        config.write_text(yaml.safe_dump(serve_config))
+        serve = venv("ray") / "bin" / "serve"
+        if not self._inside(
+            [str(serve), "deploy", str(config), "--address", "http://127.0.0.1:8265"]
+        ):
+            raise RuntimeError(f"serve deploy failed\n{procs.tail(self.workdir / 'ray.log')}")
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            procs.stop_group(self.relay.pid)
+            self.relay = None
+        if self.head is not None:
+            procs.stop_group(self.head.pid, timeout=30)
+            self.head = None
+        if self.namespace is not None:
+            self.namespace.stop()  # ends whatever Ray left inside
+            self.namespace = None
+        shutil.rmtree(getattr(self, "temp", ""), ignore_errors=True)
