@@ -1,11 +1,15 @@
 # Everything a newcomer needs: `make demo` and `make test`. Each target installs what it uses:
-# a virtual environment in .venv/ and the Go tools in a cache outside the repository.
+# virtual environments in .venv*/ and the Go tools in a cache outside the repository.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# The real backends of the bridge tests, each in its own venv (their pins conflict).
+BACKENDS := hypha ray triton
+BACKEND_STAMPS := $(foreach b,$(BACKENDS),.venv-$(b)/.installed-$(shell sha256sum tools/requirements/$(b).txt | cut -c1-12))
+KUBECONFIG_DEMO := .devcluster/bioengine-dev/kubeconfig
 
-.PHONY: venv tools crds lint test cluster-up cluster-down demo clean
+.PHONY: venv tools backends crds lint test cluster-up cluster-down demo clean lock chart-lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,33 +19,60 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+define backend
+.venv-$(1)/.installed-$(shell sha256sum tools/requirements/$(1).txt | cut -c1-12): tools/requirements/$(1).txt
+	$(PYTHON) -m venv .venv-$(1)
+	.venv-$(1)/bin/python -m pip install --quiet -r $$<
+	rm -f .venv-$(1)/.installed-* && touch $$@
+endef
+$(foreach b,$(BACKENDS),$(eval $(call backend,$(b))))
+
+## backends: the Hypha, Ray and Triton venvs the bridge tests and benchmarks run
+backends: $(BACKEND_STAMPS)
+
 ## tools: build the pinned Go tools (kube-apiserver, etcd, kwok, KubeRay, helm) once into the cache
 tools: venv
 	$(PY) -m bioengine_operator.devcluster tools
 
-## crds: regenerate crds/*.yaml from the pydantic models (a test fails when they drift)
+## crds: regenerate crds/*.yaml from the pydantic models, and the chart's copy (tests check both)
 crds: venv
 	$(PY) -m bioengine_operator.api.crds crds
+	cp crds/*.yaml charts/bioengine-operator/crds/
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## test: lint, then the whole suite against a real local control plane
-test: tools lint
+## test: lint, then the whole suite against a real local control plane and real backends
+test: tools backends lint
 	$(PY) -m pytest
 
 ## cluster-up: start a local control plane and leave it running; prints the KUBECONFIG to export
 cluster-up: tools
 	$(PY) -m bioengine_operator.devcluster up
 
-## cluster-down: stop the control plane started by cluster-up
+## cluster-down: stop the control plane (and the demo's operator) started by cluster-up / demo
 cluster-down: venv
 	$(PY) -m bioengine_operator.devcluster down
 
-demo: cluster-up
-	KUBECONFIG=.devcluster/bioengine-dev/kubeconfig kubectl get nodes -o wide
-	KUBECONFIG=.devcluster/bioengine-dev/kubeconfig kubectl get crd
+## demo: a local control plane with the operator running, the examples applied and reconciled
+demo: tools
+	$(PY) -m bioengine_operator.devcluster up --operator
+	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl apply -f examples/
+	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl wait --for=jsonpath='{.status.phase}'=Ready \
+		modelrunner/unet-runner --timeout=120s
+	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl get bioengineapps,modelrunners,bioenginedatasets
+	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl get rayservices,rayclusters,deployments,services,pdb,pods -o wide
+	@echo
+	@echo "export KUBECONFIG=$(KUBECONFIG_DEMO)   # then kubectl as usual; 'make cluster-down' stops it all"
+
+## lock: re-pin requirements.lock (the image's dependencies) after changing pyproject.toml
+lock:
+	sh tools/lock-requirements.sh $(PYTHON)
+
+## chart-lint: helm lint --strict the chart (the tests also lint every configuration)
+chart-lint: tools
+	"$$($(PY) -c 'from bioengine_operator.devcluster import tools; print(tools.binary("helm"))')" lint --strict charts/bioengine-operator
 
 clean: cluster-down
-	rm -rf $(VENV) .devcluster
+	rm -rf $(VENV) $(foreach b,$(BACKENDS),.venv-$(b)) .devcluster
