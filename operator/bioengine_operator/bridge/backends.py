@@ -60,6 +60,12 @@ class TritonPair:
             for t in self.targets
         }
         self._turn = itertools.count()
+        # Output names per (model, version): asked once, not on every call (a round trip).
+        self._outputs: dict[tuple[str, str], list[str]] = {}
+
+    def forget_metadata(self) -> None:
+        """The runner rolled to a new revision: its models' outputs may have changed."""
+        self._outputs.clear()
 
     def _order(self) -> list[str]:
         start = next(self._turn) % len(self.targets)
@@ -96,7 +102,7 @@ class TritonPair:
             requests.append(tensor)
 
         async def call(client: triton_grpc.InferenceServerClient) -> dict[str, np.ndarray]:
-            wanted = outputs
+            wanted = outputs or self._outputs.get((model, version or ""))
             if wanted is None:
                 metadata = await client.get_model_metadata(
                     model,
@@ -105,6 +111,7 @@ class TritonPair:
                     client_timeout=self.call_timeout,
                 )
                 wanted = [o["name"] for o in metadata["outputs"]]
+                self._outputs[(model, version or "")] = wanted
             result = await client.infer(
                 model,
                 requests,

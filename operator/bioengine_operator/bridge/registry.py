@@ -60,7 +60,13 @@ class Registry:
 
     def observe(self, body: dict[str, Any]) -> None:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        previous = self.bodies.get(key) or {}
         self.bodies[key] = body
+        registration = self.registered.get(key)
+        if registration and _revision(previous) != _revision(body):
+            for closer in registration.closers:
+                if isinstance(closer, TritonPair):
+                    closer.forget_metadata()
         want = desired(body, self.endpoints, self.workspace)
         if want is None:
             self.wanted.pop(key, None)
@@ -159,6 +165,10 @@ class Registry:
         async with self.lock:
             for key in list(self.registered):
                 await self._unregister(key)
+
+
+def _revision(body: dict[str, Any]) -> str | None:
+    return (body.get("status") or {}).get("revision")
 
 
 def _signing_key(owner: meta.Owner) -> bytes:
