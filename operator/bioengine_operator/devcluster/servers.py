@@ -44,8 +44,25 @@ def _ok(url: str) -> bool:
         return bool(response.status == 200)
 
 
+class ManagedServer:
+    """A server process owned by a test: stopped by process group, or killed like a crash."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop_group(self.proc.pid)
+            self.proc = None
+
+    def kill(self) -> None:
+        """Die abruptly (SIGKILL), as on a node failure."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 9)
+            self.stop()
+
+
 @dataclasses.dataclass
-class HyphaServer:
+class HyphaServer(ManagedServer):
     """A Hypha server on loopback with a fixed server id and JWT secret, so clients and
     tokens survive a restart. ``deflate=False`` turns off WebSocket per-message deflate."""
 
@@ -90,18 +107,6 @@ class HyphaServer:
         procs.wait_for(
             lambda: _ok(f"{self.url}/health/readiness"), "hypha", timeout, proc=self.proc, log=log
         )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop_group(self.proc.pid)
-            self.proc = None
-
-    def kill(self) -> None:
-        """Die abruptly, as on a node failure."""
-        if self.proc is not None:
-            os.killpg(self.proc.pid, 9)
-            procs.stop_group(self.proc.pid)
-            self.proc = None
 
     def token(
         self, user_id: str, email: str, workspace: str | None = None, permission: str = "read_write"
@@ -151,7 +156,7 @@ def write_model_repository(files: dict[str, str], destination: Path) -> list[str
 
 
 @dataclasses.dataclass
-class TritonServer:
+class TritonServer(ManagedServer):
     """tritonserver from nvidia-pytriton, python backend, CPU, explicit model control."""
 
     workdir: Path
@@ -208,17 +213,6 @@ class TritonServer:
         procs.wait_for(
             lambda: _ok(f"{self.http}/v2/health/ready"), self.name, timeout, proc=self.proc, log=log
         )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop_group(self.proc.pid)
-            self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            os.killpg(self.proc.pid, 9)
-            procs.stop_group(self.proc.pid)
-            self.proc = None
 
 
 @dataclasses.dataclass
