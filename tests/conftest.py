@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -87,7 +86,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         for source in _LOG_SOURCES:
             report.sections.append(("component logs", source()))
     return report
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ KubeRay would: a simulation of KubeRay's status writes, named as such.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from helpers import apply, condition, get, resource, status, wait_for
 
 from bioengine_operator.devcluster import cluster as devcluster
 from bioengine_operator.devcluster import operator_process
+from bioengine_operator.devcluster.stack import simulate_rayservice_status
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +25,6 @@ def no_kuberay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.
         operator_process.install_crds(dev)
         with operator_process.OperatorProcess(dev, workdir / "operator.log"):
             yield dev
-
-
-def set_rayservice_status(dev: devcluster.DevCluster, name: str, ready: bool, reason: str) -> None:
-    """Write the status KubeRay would write (simulated KubeRay; see the module docstring)."""
-    cond = {
-        "type": "Ready",
-        "status": "True" if ready else "False",
-        "reason": reason,
-        "message": f"simulated: {reason}",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    upgrade = {**cond, "type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"}
-    patch = {"status": {"conditions": [cond, upgrade], "numServeEndpoints": 1 if ready else 0}}
-    dev.kubectl(
-        "-n",
-        "default",
-        "patch",
-        "rayservice",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(patch),
-    )
 
 
 def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None:
@@ -67,7 +43,7 @@ def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None
     )
     wait_for(lambda: get(dev, "default", "rayservice", "mirror"), "RayService created")
 
-    set_rayservice_status(dev, "mirror", True, "NonZeroServeEndpoints")
+    simulate_rayservice_status(dev, "default", "mirror", True, "NonZeroServeEndpoints")
     wait_for(lambda: status(dev, "default", "bea", "mirror").get("phase") == "Ready", "app Ready")
     st = status(dev, "default", "bea", "mirror")
     assert st["ready"] == "True"
@@ -75,7 +51,7 @@ def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None
     assert condition(st, "RayServiceUpgradeInProgress")["status"] == "False"
     assert "deployingSince" not in st
 
-    set_rayservice_status(dev, "mirror", False, "ZeroServeEndpoints")
+    simulate_rayservice_status(dev, "default", "mirror", False, "ZeroServeEndpoints")
 
     def lost() -> bool:
         now = status(dev, "default", "bea", "mirror")

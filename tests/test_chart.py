@@ -101,6 +101,22 @@ def helm(
     return run([*prefix, *args], env=env, check=check)
 
 
+def uninstall(
+    env: dict[str, str], release: str, namespace: str, kubeconfig: Path, *extra: str
+) -> None:
+    """Best-effort cleanup: the release may already be gone when a test failed early."""
+    helm(
+        env,
+        "uninstall",
+        release,
+        f"--namespace={namespace}",
+        "--wait",
+        *extra,
+        kubeconfig=kubeconfig,
+        check=False,
+    )
+
+
 def template(
     env: dict[str, str], *values: str, namespace: str = "default", crds: bool = False
 ) -> str:
@@ -462,15 +478,7 @@ def test_install_upgrade_uninstall(
         )
         assert [h["revision"] for h in history] == [1, 2]
     finally:
-        helm(
-            helm_env,
-            "uninstall",
-            release,
-            f"--namespace={namespace}",
-            "--wait",
-            kubeconfig=kubeconfig,
-            check=False,
-        )
+        uninstall(helm_env, release, namespace, kubeconfig)
 
     instance = f"app.kubernetes.io/instance={release}"
     wait_for(
@@ -529,15 +537,7 @@ def test_bundled_hypha_keeps_its_secrets_across_upgrades(
         assert env_of(hypha)["HYPHA_SERVER_ID"] == "renamed"
         assert secret() == first  # tokens issued before the upgrade stay valid
     finally:
-        helm(
-            helm_env,
-            "uninstall",
-            release,
-            f"--namespace={namespace}",
-            "--wait",
-            kubeconfig=kubeconfig,
-            check=False,
-        )
+        uninstall(helm_env, release, namespace, kubeconfig)
 
 
 # -- a second control plane ---------------------------------------------------------------------
@@ -672,15 +672,7 @@ def test_real_operator_reconciles_with_only_the_charts_rbac(
             dev, system, "team-b", "unet-b", tmp_path / "namespaced.log", args
         )
     finally:
-        helm(
-            helm_env,
-            "uninstall",
-            release,
-            f"--namespace={system}",
-            "--wait",
-            kubeconfig=dev.kubeconfig,
-            check=False,
-        )
+        uninstall(helm_env, release, system, dev.kubeconfig)
         dev.kubectl("delete", "namespace", "team-a", "team-b", "--wait=false", check=False)
     assert not get(dev, system, "deployment", f"{release}-operator")
     # The CRDs this release installed outlive it (and with them every BioEngine resource).
@@ -774,15 +766,8 @@ def check_rollout(
 
 def uninstall_everywhere(helm_env: dict[str, str], kubeconfig: Path) -> None:
     for context in ("gke", "denbi"):
-        helm(
-            helm_env,
-            "uninstall",
-            "bioengine-operator",
-            f"--kube-context={context}",
-            "--namespace=bioengine",
-            "--wait",
-            kubeconfig=kubeconfig,
-            check=False,
+        uninstall(
+            helm_env, "bioengine-operator", "bioengine", kubeconfig, f"--kube-context={context}"
         )
 
 

@@ -67,10 +67,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def configure_logging(verbose: bool, log_format: str) -> None:
+    # hypha-rpc calls logging.basicConfig() when imported; without dropping that root handler
+    # every line would be printed twice, once plain and once in kopf's format.
+    for handler in list(logging.root.handlers):
+        logging.root.removeHandler(handler)
+    kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+def run_kopf(namespaces: list[str], liveness: str | None) -> None:
+    """Run the registered handlers: one process per cluster, so no peering (standalone)."""
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    kopf.configure(verbose=args.verbose, log_format=LOG_FORMATS[args.log_format])
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    configure_logging(args.verbose, args.log_format)
     handlers.configure(
         Settings(
             image=args.image,
@@ -79,12 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     handlers.register_all()
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
-    )
+    run_kopf(args.namespace, args.liveness)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,3 @@ def set_condition(
         return [*conditions, updated]
     # Replace in place: a stable order keeps an unchanged status byte-for-byte identical.
     return [updated if c.get("type") == type_ else c for c in conditions]
-
-
-def is_true(conditions: Conditions, type_: str) -> bool:
-    found = find(conditions, type_)
-    return bool(found and found.get("status") == "True")

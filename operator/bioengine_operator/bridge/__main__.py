@@ -16,12 +16,12 @@ from typing import Any
 
 import kopf
 
+from bioengine_operator import cli
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
 from bioengine_operator.bridge import hypha
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.registry import Registry
-from bioengine_operator.cli import LOG_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--liveness", default=env("BIOENGINE_LIVENESS"))
     parser.add_argument(
-        "--log-format", choices=sorted(LOG_FORMATS), default=env("BIOENGINE_LOG_FORMAT", "plain")
+        "--log-format",
+        choices=sorted(cli.LOG_FORMATS),
+        default=env("BIOENGINE_LOG_FORMAT", "plain"),
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -145,15 +147,9 @@ def install(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    kopf.configure(verbose=args.verbose, log_format=LOG_FORMATS[args.log_format])
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    cli.configure_logging(args.verbose, args.log_format)
     install(args)
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
-    )
+    cli.run_kopf(args.namespace, args.liveness)
 
 
 if __name__ == "__main__":

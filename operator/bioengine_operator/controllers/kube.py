@@ -87,11 +87,6 @@ def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any
         raise
 
 
-def list_(api_version: str, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
-    query = [("labelSelector", selector)] if selector else []
-    return list(_call("GET", path(api_version, kind, namespace), query=query)["items"])
-
-
 def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply ``obj`` as the operator's field manager, taking over conflicts."""
     meta = obj["metadata"]

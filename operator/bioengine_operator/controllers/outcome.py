@@ -113,19 +113,16 @@ def common_status(
 
 def invalid_spec(body: dict[str, Any], ctx: Context, error: Exception) -> Outcome:
     """A spec the API server accepted but the operator cannot use: say so, do not retry."""
-    message = f"invalid spec: {error}"
-    outcome = Outcome(
-        common_status(
-            body,
-            ctx,
-            ready=False,
-            reason="InvalidSpec",
-            message=message,
-            phase="Failed",
-            summary="False",
-        )
+    status = common_status(
+        body,
+        ctx,
+        ready=False,
+        reason="InvalidSpec",
+        message=f"invalid spec: {error}",
+        phase="Failed",
+        summary="False",
     )
-    return outcome
+    return Outcome(status)
 
 
 def with_spec(model: type[SpecT]) -> Callable[[TypedReconciler[SpecT]], Reconciler]:
