@@ -341,3 +341,27 @@ def test_restart_resumes_without_touching_children(
 
     wait_for(resumed, "operator resumed the runner")
     assert versions() == before, "an idle resume must not rewrite children"
+
+
+def test_unservable_dataset_source_fails_with_a_clear_condition(
+    cluster: devcluster.DevCluster, namespace: str
+) -> None:
+    """S3 sources pass the schema but this operator version cannot serve them."""
+    apply(
+        cluster,
+        namespace,
+        resource(
+            "BioEngineDataset",
+            "in-s3",
+            {
+                "source": {"s3": {"uri": "s3://bucket/cells"}},
+                "manifest": {"name": "Cells"},
+            },
+        ),
+    )
+    wait_for(lambda: phase(cluster, namespace, "bed", "in-s3") == "Failed", "Failed phase")
+    ready = condition(status(cluster, namespace, "bed", "in-s3"), "Ready")
+    assert ready["reason"] == "InvalidSpec" and "S3" in ready["message"]
+    warnings = [e for e in events(cluster, namespace, "in-s3") if e["type"] == "Warning"]
+    assert any(e["reason"] == "InvalidSpec" for e in warnings)
+    assert not get(cluster, namespace, "deployment", "in-s3-dataset")
