@@ -60,10 +60,19 @@ def test_examples_are_reconciled(cluster: devcluster.DevCluster, namespace: str)
     wait_for(lambda: get(cluster, namespace, "rayservice", "cell-segmenter"), "RayService created")
     wait_for(lambda: items(cluster, namespace, "raycluster"), "KubeRay created the RayCluster")
     wait_for(lambda: get(cluster, namespace, "deployment", "cell-images-dataset"), "dataset server")
-    app_status = status(cluster, namespace, "bea", "cell-segmenter")
-    assert condition(app_status, "DatasetsResolved")["status"] == "True"
+    # The app may have been reconciled before its dataset existed: it resolves on a retry.
+    wait_for(
+        lambda: (
+            condition(status(cluster, namespace, "bea", "cell-segmenter"), "DatasetsResolved").get(
+                "status"
+            )
+            == "True"
+        ),
+        "the app's dataset resolved",
+    )
     # The example dataset's PVC does not exist here, so its server cannot start.
-    assert phase(cluster, namespace, "bed", "cell-images") == "Deploying"
+    wait_for(lambda: phase(cluster, namespace, "bed", "cell-images") == "Deploying", "Deploying")
+    assert status(cluster, namespace, "bed", "cell-images")["ready"] == "0/1"
 
 
 class PodRecorder:
@@ -150,11 +159,13 @@ def test_blue_green_update_keeps_serving_without_surge(
     assert len(colors) == 4
     assert colors[0] == colors[1] and colors[2] == colors[3] and colors[0] != colors[2]
 
-    slices = items(cluster, namespace, "endpointslices", "kubernetes.io/service-name=bg")
-    ready_endpoints = [
-        e for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")
-    ]
-    assert len(ready_endpoints) == 4
+    def ready_endpoints() -> int:
+        slices = items(cluster, namespace, "endpointslices", "kubernetes.io/service-name=bg")
+        endpoints = [e for s in slices for e in s.get("endpoints") or []]
+        return sum(bool(e["conditions"].get("ready")) for e in endpoints)
+
+    # The EndpointSlice controller follows pod readiness a moment after the Deployments.
+    wait_for(lambda: ready_endpoints() == 4, "the Service routes to all four pods")
     reasons = {e["reason"] for e in events(cluster, namespace, "bg")}
     assert "UpdatingColor" in reasons
 
@@ -233,7 +244,10 @@ def test_bad_objects_get_conditions_and_do_not_block_good_ones(
     wait_for(reported, "missing dataset reported")
     message = condition(status(cluster, namespace, "bea", "orphan"), "Ready")["message"]
     assert "nope" in message
-    assert "DatasetNotFound" in {e["reason"] for e in events(cluster, namespace, "orphan")}
+    wait_for(
+        lambda: "DatasetNotFound" in {e["reason"] for e in events(cluster, namespace, "orphan")},
+        "DatasetNotFound Event",  # kopf posts Events from a queue, a moment after the status
+    )
     assert not get(cluster, namespace, "rayservice", "orphan")
 
     # "no-repo" points at the same ConfigMap name "models", created after it: it recovers.
@@ -307,8 +321,13 @@ def test_app_stuck_initializing_is_reported(cluster: devcluster.DevCluster, name
     wait_for(lambda: phase(cluster, namespace, "bea", "slow") == "Stuck", "Stuck", timeout=60)
     stuck = condition(status(cluster, namespace, "bea", "slow"), "Stuck")
     assert stuck["status"] == "True" and re.search(r"initTimeoutSeconds=10", stuck["message"])
-    warnings = [e for e in events(cluster, namespace, "slow") if e["type"] == "Warning"]
-    assert any(e["reason"] == "InitializingTimeout" for e in warnings)
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and e["reason"] == "InitializingTimeout"
+            for e in events(cluster, namespace, "slow")
+        ),
+        "InitializingTimeout Warning Event",
+    )
 
 
 def test_restart_resumes_without_touching_children(
@@ -362,6 +381,11 @@ def test_unservable_dataset_source_fails_with_a_clear_condition(
     wait_for(lambda: phase(cluster, namespace, "bed", "in-s3") == "Failed", "Failed phase")
     ready = condition(status(cluster, namespace, "bed", "in-s3"), "Ready")
     assert ready["reason"] == "InvalidSpec" and "S3" in ready["message"]
-    warnings = [e for e in events(cluster, namespace, "in-s3") if e["type"] == "Warning"]
-    assert any(e["reason"] == "InvalidSpec" for e in warnings)
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and e["reason"] == "InvalidSpec"
+            for e in events(cluster, namespace, "in-s3")
+        ),
+        "InvalidSpec Warning Event",
+    )
     assert not get(cluster, namespace, "deployment", "in-s3-dataset")
