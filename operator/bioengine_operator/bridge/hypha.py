@@ -43,6 +43,11 @@ def disable_compression() -> None:
     cls._ws_connect_kwargs = without_deflate  # type: ignore[method-assign]
 
 
+# Connection refusals that a token with admin rights can fix by itself.
+WORKSPACE_ERRORS = ("does not exist", "does not match the specified workspace")
+WORKSPACE_TOKEN_TTL = 30 * 24 * 3600  # made anew on every fresh connection
+
+
 @dataclasses.dataclass
 class Settings:
     server_url: str
@@ -59,20 +64,57 @@ class HyphaConnection:
         self.server: Any = None
         self.generation = 0  # bumped per fresh connection
 
+    def _config(self, workspace: str | None, token: str) -> dict[str, Any]:
+        config = {
+            "server_url": self.settings.server_url,
+            "token": token,
+            "client_id": self.settings.client_id,
+            "method_timeout": self.settings.method_timeout,
+        }
+        return {**config, "workspace": workspace} if workspace else config
+
     async def connect(self) -> None:
-        self.server = await connect_to_server(
-            {
-                "server_url": self.settings.server_url,
-                "workspace": self.settings.workspace,
-                "token": self.settings.token,
-                "client_id": self.settings.client_id,
-                "method_timeout": self.settings.method_timeout,
-            }
-        )
+        workspace = self.settings.workspace
+        try:
+            self.server = await connect_to_server(self._config(workspace, self.settings.token))
+        except Exception as err:
+            # An admin token of another workspace (the chart's bundled server hands the bridge
+            # its root token), or a workspace an in-memory server lost in a restart.
+            if not any(text in str(err) for text in WORKSPACE_ERRORS):
+                raise
+            token = await self._workspace_token()
+            self.server = await connect_to_server(self._config(workspace, token))
         self.generation += 1
-        logger.info(
-            "connected to Hypha %s, workspace %s", self.settings.server_url, self.settings.workspace
-        )
+        logger.info("connected to Hypha %s, workspace %s", self.settings.server_url, workspace)
+
+    async def _workspace_token(self) -> str:
+        """With an admin token: make sure the workspace exists, and get a token for it."""
+        workspace = self.settings.workspace
+        admin = await connect_to_server(self._config(None, self.settings.token))
+        try:
+            try:
+                await admin.create_workspace(
+                    {
+                        "id": workspace,
+                        "persistent": True,
+                        "description": "BioEngine services registered by the bioengine-bridge",
+                    },
+                    overwrite=False,
+                )
+                logger.info("created Hypha workspace %s", workspace)
+            except Exception as err:  # it exists already: fine
+                logger.debug("workspace %s not created: %s", workspace, err)
+            return str(
+                await admin.generate_token(
+                    {
+                        "workspace": workspace,
+                        "permission": "admin",
+                        "expires_in": WORKSPACE_TOKEN_TTL,
+                    }
+                )
+            )
+        finally:
+            await admin.disconnect()
 
     async def _alive(self) -> bool:
         try:
