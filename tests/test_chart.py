@@ -101,6 +101,21 @@ def helm(
     return run([*prefix, *args], env=env, check=check)
 
 
+def install(
+    env: dict[str, str], release: str, namespace: str, kubeconfig: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``helm install`` of the chart from this checkout."""
+    return helm(
+        env,
+        "install",
+        release,
+        str(CHART),
+        f"--namespace={namespace}",
+        *extra,
+        kubeconfig=kubeconfig,
+    )
+
+
 def uninstall(
     env: dict[str, str], release: str, namespace: str, kubeconfig: Path, *extra: str
 ) -> None:
@@ -377,15 +392,7 @@ def test_install_upgrade_uninstall(
     release = "bioengine-operator"  # the full name is then the release name
     kubeconfig = cluster.kubeconfig
     try:
-        installed = helm(
-            helm_env,
-            "install",
-            release,
-            str(CHART),
-            f"--namespace={namespace}",
-            *BRIDGE,
-            kubeconfig=kubeconfig,
-        )
+        installed = install(helm_env, release, namespace, kubeconfig, *BRIDGE)
         assert "kubectl get bea,mr,bed -A" in installed.stdout  # NOTES.txt
         assert 'get_service("bioengine-test/<id>")' in installed.stdout
 
@@ -509,15 +516,7 @@ def test_bundled_hypha_keeps_its_secrets_across_upgrades(
         return dict(get(cluster, namespace, "secret", secret_name)["data"])
 
     try:
-        helm(
-            helm_env,
-            "install",
-            release,
-            str(CHART),
-            f"--namespace={namespace}",
-            *CONFIGURATIONS["bundled-hypha"],
-            kubeconfig=kubeconfig,
-        )
+        install(helm_env, release, namespace, kubeconfig, *CONFIGURATIONS["bundled-hypha"])
         first = secret()
         assert all(len(base64.b64decode(v)) == 64 for v in first.values())
         for component in ("operator", "bridge", "hypha"):
@@ -637,15 +636,7 @@ def test_real_operator_reconciles_with_only_the_charts_rbac(
     for ns in ("team-a", "team-b"):
         dev.kubectl("create", "namespace", ns)
     try:
-        helm(
-            helm_env,
-            "install",
-            release,
-            str(CHART),
-            f"--namespace={system}",
-            "--create-namespace",
-            kubeconfig=dev.kubeconfig,
-        )
+        install(helm_env, release, system, dev.kubeconfig, "--create-namespace")
         dev.kubectl("wait", "--for=condition=Established", "--timeout=60s", *CRD_NAMES)
 
         # Cluster-wide (the default): a ClusterRole for the application rules.
