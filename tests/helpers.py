@@ -23,8 +23,7 @@ def apply(cluster: devcluster.DevCluster, namespace: str, *objects: dict[str, An
 
 
 def get(cluster: devcluster.DevCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
-    out = cluster.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
+    return cluster.get(namespace, kind, name)
 
 
 def items(cluster: devcluster.DevCluster, namespace: str, kind: str, selector: str = ""):  # type: ignore[no-untyped-def]

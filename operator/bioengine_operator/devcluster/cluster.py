@@ -433,6 +433,11 @@ class DevCluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
+        """The object as JSON, or ``{}`` when it does not exist (yet)."""
+        out = self.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
     def apply(self, objects: Sequence[dict[str, Any]]) -> None:
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
 

@@ -67,11 +67,6 @@ def simulate_rayservice_status(
     )
 
 
-def _get(cluster: devcluster.DevCluster, kind: str, name: str) -> dict[str, Any] | None:
-    out = cluster.kubectl("-n", NS, "get", kind, name, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
-
-
 @dataclasses.dataclass
 class BridgeStack:
     workdir: Path
@@ -136,9 +131,7 @@ class BridgeStack:
         objects = example("modelrunner.yaml")
         self.cluster.apply([{**o, "metadata": {**o["metadata"], "namespace": NS}} for o in objects])
         self.wait(
-            lambda: (
-                (_get(self.cluster, "mr", RUNNER) or {}).get("status", {}).get("phase") == "Ready"
-            ),
+            lambda: self.cluster.get(NS, "mr", RUNNER).get("status", {}).get("phase") == "Ready",
             "runner Ready",
         )
         models = servers.write_model_repository(objects[0]["data"], self.workdir / "models")
@@ -179,10 +172,10 @@ class BridgeStack:
         owner_secret = dataset_builder.key_secret_name(
             meta.Owner("BioEngineDataset", DATASET, NS, "")
         )
-        self.wait(lambda: _get(self.cluster, "secret", owner_secret), "dataset key")
-        key = base64.b64decode(_get(self.cluster, "secret", owner_secret)["data"]["signing-key"])
+        self.wait(lambda: self.cluster.get(NS, "secret", owner_secret), "dataset key")
+        key = base64.b64decode(self.cluster.get(NS, "secret", owner_secret)["data"]["signing-key"])
         (self.workdir / "dataset.key").write_bytes(key)
-        manifest = _get(self.cluster, "configmap", f"{DATASET}-dataset-manifest")
+        manifest = self.cluster.get(NS, "configmap", f"{DATASET}-dataset-manifest")
         (self.workdir / "manifest.json").write_text(manifest["data"]["manifest.json"])
         self.dataset_port = devcluster.free_port()
         self.procs_["dataserver"] = procs.spawn(
@@ -200,9 +193,7 @@ class BridgeStack:
         url = f"http://127.0.0.1:{self.dataset_port}/healthz"
         self.wait(lambda: urllib.request.urlopen(url, timeout=2).status == 200, "dataset server")
         self.wait(
-            lambda: (
-                (_get(self.cluster, "bed", DATASET) or {}).get("status", {}).get("phase") == "Ready"
-            ),
+            lambda: self.cluster.get(NS, "bed", DATASET).get("status", {}).get("phase") == "Ready",
             "dataset Ready",
         )
 
@@ -221,8 +212,8 @@ class BridgeStack:
                 {**app, "metadata": {**app["metadata"], "namespace": NS}, "spec": spec},
             ]
         )
-        self.wait(lambda: _get(self.cluster, "rayservice", APP), "RayService")
-        entry_cm = _get(self.cluster, "configmap", f"{APP}-bioengine-entry")
+        self.wait(lambda: self.cluster.get(NS, "rayservice", APP), "RayService")
+        entry_cm = self.cluster.get(NS, "configmap", f"{APP}-bioengine-entry")
         entry_dir, code_dir = self.workdir / "entry", self.workdir / "code"
         for directory, data in ((entry_dir, entry_cm["data"]), (code_dir, code["data"])):
             directory.mkdir()
@@ -231,15 +222,13 @@ class BridgeStack:
         self.ray = servers.RayServe(self.workdir)
         self.ray.start([entry_dir, code_dir])
         self._stoppers.append(self.ray.stop)
-        rayservice = _get(self.cluster, "rayservice", APP)
+        rayservice = self.cluster.get(NS, "rayservice", APP)
         self.ray.deploy(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
         url = f"http://127.0.0.1:{self.ray.port}/{APP}/__describe__"
         self.wait(lambda: urllib.request.urlopen(url, timeout=5).status == 200, "Serve app", 180)
         simulate_rayservice_status(self.cluster, NS, APP, True, "NonZeroServeEndpoints")
         self.wait(
-            lambda: (
-                (_get(self.cluster, "bea", APP) or {}).get("status", {}).get("phase") == "Ready"
-            ),
+            lambda: self.cluster.get(NS, "bea", APP).get("status", {}).get("phase") == "Ready",
             "app Ready",
         )
 
