@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml devtools/pyproject.toml | sha256sum | cut -c1-12)
 # The real backends of the bridge tests, each in its own venv (their pins conflict).
 BACKENDS := hypha ray triton
 BACKEND_STAMPS := $(foreach b,$(BACKENDS),.venv-$(b)/.installed-$(shell sha256sum tools/requirements/$(b).txt | cut -c1-12))
@@ -11,10 +11,10 @@ KUBECONFIG_DEMO := .devcluster/bioengine-dev/kubeconfig
 
 .PHONY: venv tools backends crds lint test cluster-up cluster-down demo clean lock chart-lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e ./devtools
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -32,7 +32,7 @@ backends: $(BACKEND_STAMPS)
 
 ## tools: build the pinned Go tools (kube-apiserver, etcd, kwok, KubeRay, helm) once into the cache
 tools: venv
-	$(PY) -m bioengine_operator.devcluster tools
+	$(PY) -m bioengine_devtools tools
 
 ## crds: regenerate crds/*.yaml from the pydantic models, and the chart's copy (tests check both)
 crds: venv
@@ -49,15 +49,15 @@ test: tools backends lint
 
 ## cluster-up: start a local control plane and leave it running; prints the KUBECONFIG to export
 cluster-up: tools
-	$(PY) -m bioengine_operator.devcluster up
+	$(PY) -m bioengine_devtools up
 
 ## cluster-down: stop the control plane (and the demo's operator) started by cluster-up / demo
 cluster-down: venv
-	$(PY) -m bioengine_operator.devcluster down
+	$(PY) -m bioengine_devtools down
 
 ## demo: a local control plane with the operator running, the examples applied and reconciled
 demo: tools
-	$(PY) -m bioengine_operator.devcluster up --operator
+	$(PY) -m bioengine_devtools up --operator
 	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl apply -f examples/
 	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl wait --for=jsonpath='{.status.phase}'=Ready \
 		modelrunner/unet-runner --timeout=120s
@@ -72,7 +72,7 @@ lock:
 
 ## chart-lint: helm lint --strict the chart (the tests also lint every configuration)
 chart-lint: tools
-	"$$($(PY) -c 'from bioengine_operator.devcluster import tools; print(tools.binary("helm"))')" lint --strict charts/bioengine-operator
+	"$$($(PY) -c 'from bioengine_devtools import tools; print(tools.binary("helm"))')" lint --strict charts/bioengine-operator
 
 clean: cluster-down
 	rm -rf $(VENV) $(foreach b,$(BACKENDS),.venv-$(b)) .devcluster

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bioengine_operator.devcluster import cluster, tools
+from bioengine_devtools import cluster, tools
 
 
 def rss_mib(pid: int) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import operator_process
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.builders import meta, rayservice
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import operator_process
 
 
 def app(name: str) -> dict:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client, config
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import operator_process, procs
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import operator_process, procs
 
 # Log tails to attach to a failing test's report, registered by the fixtures that own them.
 _LOG_SOURCES: list[Callable[[], str]] = []

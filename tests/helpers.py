@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import procs
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import procs
 
 GROUP_VERSION = "bioengine.bioimage.io/v1alpha1"
 TIMEOUT = 60.0

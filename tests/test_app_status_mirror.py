@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from helpers import apply, condition, get, resource, status, wait_for
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import operator_process
-from bioengine_operator.devcluster.stack import simulate_rayservice_status
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import operator_process
+from bioengine_devtools.stack import simulate_rayservice_status
 
 
 @pytest.fixture(scope="module")

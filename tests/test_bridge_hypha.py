@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from hypha_rpc import connect_to_server
 
+from bioengine_devtools import servers
 from bioengine_operator.bridge import hypha
-from bioengine_operator.devcluster import servers
 
 
 @pytest.fixture

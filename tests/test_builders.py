@@ -28,8 +28,17 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
 
+INPUTS = triton.Inputs("triton:default")
+
+
+def deployment(
+    spec: ModelRunnerSpec, color: triton.Color, inputs: triton.Inputs = INPUTS
+) -> dict[str, Any]:
+    return triton.deployment(OWNER, spec, inputs, color, triton.revision(OWNER, spec, inputs))
+
+
 def test_triton_loads_listed_models_per_pod_with_strict_readiness() -> None:
-    args = container(triton.deployment(OWNER, runner(), "blue"))["args"]
+    args = container(deployment(runner(), "blue"))["args"]
     assert "--model-control-mode=explicit" in args
     assert [a for a in args if a.startswith("--load-model=")] == [
         "--load-model=unet2d",
@@ -39,7 +48,7 @@ def test_triton_loads_listed_models_per_pod_with_strict_readiness() -> None:
 
 
 def test_each_color_recreates_in_place_and_avoids_the_other() -> None:
-    dep = triton.deployment(OWNER, runner(replicas=2), "green")
+    dep = deployment(runner(replicas=2), "green")
     assert dep["metadata"]["name"] == "unet-green"
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert dep["spec"]["replicas"] == 2
@@ -49,7 +58,7 @@ def test_each_color_recreates_in_place_and_avoids_the_other() -> None:
     assert term["labelSelector"]["matchExpressions"] == [
         {"key": triton.COLOR_LABEL, "operator": "NotIn", "values": ["green"]}
     ]
-    required = triton.deployment(OWNER, runner(colorAntiAffinity="required"), "blue")
+    required = deployment(runner(colorAntiAffinity="required"), "blue")
     assert (
         "requiredDuringSchedulingIgnoredDuringExecution"
         in (required["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"])
@@ -57,14 +66,14 @@ def test_each_color_recreates_in_place_and_avoids_the_other() -> None:
 
 
 def test_probes_use_triton_health_endpoints() -> None:
-    c = container(triton.deployment(OWNER, runner(startupTimeoutSeconds=300), "blue"))
+    c = container(deployment(runner(startupTimeoutSeconds=300), "blue"))
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] == 300
 
 
 def test_pods_are_non_root_with_read_only_root() -> None:
-    dep = triton.deployment(OWNER, runner(), "blue")
+    dep = deployment(runner(), "blue")
     assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     security = container(dep)["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
@@ -72,16 +81,16 @@ def test_pods_are_non_root_with_read_only_root() -> None:
 
 
 def test_gpu_runner_requests_gpus_and_tolerates_the_gpu_taint() -> None:
-    dep = triton.deployment(OWNER, runner(resources={"gpu": 1}), "blue")
+    dep = deployment(runner(resources={"gpu": 1}), "blue")
     assert container(dep)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert meta.GPU_TOLERATION in dep["spec"]["template"]["spec"]["tolerations"]
-    cpu = triton.deployment(OWNER, runner(), "blue")
+    cpu = deployment(runner(), "blue")
     assert cpu["spec"]["template"]["spec"]["tolerations"] == []
 
 
 def test_config_map_repository_keys_become_paths() -> None:
     keys = ("unet2d__config.pbtxt", "unet2d__1__model.py")
-    dep = triton.deployment(OWNER, runner(), "blue", keys)
+    dep = deployment(runner(), "blue", triton.Inputs("triton:default", keys))
     volume = dep["spec"]["template"]["spec"]["volumes"][0]
     assert volume["configMap"]["items"] == [
         {"key": "unet2d__1__model.py", "path": "unet2d/1/model.py"},
@@ -99,17 +108,47 @@ def test_s3_repository_with_endpoint_and_secret() -> None:
             }
         }
     )
-    c = container(triton.deployment(OWNER, spec, "blue"))
+    c = container(deployment(spec, "blue"))
     assert "--model-repository=s3://minio:9000/bucket/models" in c["args"]
     assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
 
 
 def test_revision_ignores_scaling_but_not_pod_changes() -> None:
-    rev = triton.revision(runner())
-    assert triton.revision(runner(replicas=3)) == rev
-    assert triton.revision(runner(service={"id": "other"})) == rev
-    assert triton.revision(runner(args=["--log-verbose=1"])) != rev
-    assert triton.revision(runner(image="triton:next")) != rev
+    def revision(spec: ModelRunnerSpec) -> str:
+        return triton.revision(OWNER, spec, INPUTS)
+
+    rev = revision(runner())
+    assert revision(runner(replicas=3)) == rev
+    assert revision(runner(service={"id": "other"})) == rev
+    assert revision(runner(args=["--log-verbose=1"])) != rev
+    assert revision(runner(image="triton:next")) != rev
+
+
+def test_the_operator_image_is_the_default_and_pods_carry_the_revision() -> None:
+    dep = deployment(runner(), "blue")
+    assert container(dep)["image"] == "triton:default"
+    assert container(deployment(runner(image="mine:1"), "blue"))["image"] == "mine:1"
+    rev = triton.revision(OWNER, runner(), INPUTS)
+    assert dep["spec"]["template"]["metadata"]["labels"][triton.REVISION_LABEL] == rev
+    assert dep["metadata"]["labels"][triton.REVISION_LABEL] == rev
+
+
+def test_model_config_map_content_is_in_the_pod_template() -> None:
+    inputs = triton.Inputs("triton:default", ("m__config.pbtxt",), "content-hash")
+    annotations = deployment(runner(), "blue", inputs)["spec"]["template"]["metadata"]
+    assert annotations["annotations"][triton.REPOSITORY_ANNOTATION] == "content-hash"
+
+
+def test_held_colors_are_left_out_of_the_desired_set() -> None:
+    rev = triton.revision(OWNER, runner(), INPUTS)
+    kinds = [
+        (c["kind"], c["metadata"]["name"])
+        for c in triton.children(OWNER, runner(), INPUTS, rev, ("green",))
+    ]
+    assert ("Deployment", "unet-green") in kinds and ("Deployment", "unet-blue") not in kinds
+    assert {("Service", "unet"), ("Service", "unet-blue"), ("PodDisruptionBudget", "unet")} <= set(
+        kinds
+    )
 
 
 def test_service_and_pdb_select_both_colors() -> None:
@@ -118,7 +157,7 @@ def test_service_and_pdb_select_both_colors() -> None:
     pdb = triton.pod_disruption_budget(OWNER, runner(replicas=3))
     assert pdb["spec"]["minAvailable"] == 3
     assert pdb["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
-    pod_labels = triton.deployment(OWNER, runner(), "blue")["spec"]["template"]["metadata"]
+    pod_labels = deployment(runner(), "blue")["spec"]["template"]["metadata"]
     assert svc["spec"]["selector"].items() <= pod_labels["labels"].items()
 
 
@@ -242,7 +281,7 @@ DATASET = {
 
 def test_dataset_server_mounts_files_read_only() -> None:
     spec = BioEngineDatasetSpec.model_validate(DATASET)
-    dep = dataset.deployment(DS_OWNER, spec, "img:1")
+    dep = dataset.deployment(DS_OWNER, spec, "img:1", (), "PUBLIC KEY PEM")
     c = container(dep)
     assert c["image"] == "img:1"
     assert c["command"][0] == "bioengine-dataserver"
@@ -257,14 +296,47 @@ def test_dataset_manifest_change_rolls_the_server() -> None:
     other = BioEngineDatasetSpec.model_validate(
         {**DATASET, "manifest": {**DATASET["manifest"], "authorizedUsers": ["alice", "bob"]}}
     )
-    key = f"{meta.PREFIX}/manifest-hash"
+    key = f"{meta.PREFIX}/config-hash"
 
-    def annotations(s: BioEngineDatasetSpec) -> dict[str, str]:
-        return dataset.deployment(DS_OWNER, s, "img")["spec"]["template"]["metadata"]["annotations"]
+    def annotations(s: BioEngineDatasetSpec, public_key: str | None = "k1") -> dict[str, str]:
+        dep = dataset.deployment(DS_OWNER, s, "img", (), public_key)
+        return dict(dep["spec"]["template"]["metadata"]["annotations"])
 
     assert annotations(spec)[key] != annotations(other)[key]
-    cm = dataset.manifest_config_map(DS_OWNER, other)
+    assert annotations(spec)[key] != annotations(spec, "k2")[key]  # a rotated key rolls too
+    cm = dataset.config_map(DS_OWNER, other, "k1")
     assert json.loads(cm["data"]["manifest.json"])["id"] == "cells"
+    assert cm["data"][dataset.PUBLIC_KEY_FILE] == "k1"
+
+
+def test_dataset_server_checks_tokens_only_with_a_public_key() -> None:
+    spec = BioEngineDatasetSpec.model_validate(DATASET)
+    with_key = container(dataset.deployment(DS_OWNER, spec, "img", (), "k1"))["command"]
+    assert f"--token-public-key-file=/etc/bioengine/{dataset.PUBLIC_KEY_FILE}" in with_key
+    without = container(dataset.deployment(DS_OWNER, spec, "img", (), None))["command"]
+    assert not any(a.startswith("--token-public-key-file") for a in without)
+    assert dataset.PUBLIC_KEY_FILE not in dataset.config_map(DS_OWNER, spec, None)["data"]
+
+
+@pytest.mark.parametrize(
+    ("path", "prefixes", "allowed"),
+    [
+        ("/srv/data/cells", ("/srv/data",), True),
+        ("/srv/data", ("/srv/data/",), True),
+        ("/srv/database", ("/srv/data",), False),
+        ("/srv/data/../etc", ("/srv/data",), False),
+        ("/srv/data/cells", (), False),
+    ],
+)
+def test_host_path_datasets_only_under_allowed_directories(
+    path: str, prefixes: tuple[str, ...], allowed: bool
+) -> None:
+    spec = BioEngineDatasetSpec.model_validate({**DATASET, "source": {"hostPath": {"path": path}}})
+    if allowed:
+        assert dataset.volume(spec, prefixes)[0]["hostPath"]["path"] == path
+    else:
+        with pytest.raises(dataset.HostPathNotAllowed, match="not under a directory"):
+            dataset.volume(spec, prefixes)
 
 
 def test_s3_dataset_is_refused_clearly() -> None:
@@ -272,7 +344,7 @@ def test_s3_dataset_is_refused_clearly() -> None:
         {**DATASET, "source": {"s3": {"uri": "s3://bucket/cells"}}}
     )
     with pytest.raises(dataset.UnsupportedSource, match="S3"):
-        dataset.deployment(DS_OWNER, spec, "img")
+        dataset.children(DS_OWNER, spec, "img", (), None)
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:

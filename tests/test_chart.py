@@ -29,8 +29,8 @@ import pytest
 import yaml
 from helpers import get, status, wait_for
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import operator_process, tools
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import operator_process, tools
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "bioengine-operator"

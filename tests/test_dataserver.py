@@ -4,21 +4,25 @@ In-process servers run on their own event loop in a thread so that the clients c
 blocking ones: ``http.client``, which sends request targets byte for byte (so traversal
 attempts reach the server un-normalized), and zarr over fsspec's HTTP filesystem. One test
 runs the real CLI as a subprocess.
+
+One P-256 signing key is generated per session, as the Hypha bridge would hold it; servers
+get only its public key. Metrics are process-wide, so metric tests compare scrapes taken
+before and after their own requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
+import datetime
 import http.client
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +33,27 @@ import pytest
 import yaml
 import zarr
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 
+from bioengine_devtools import procs
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.dataserver.__main__ import main
 from bioengine_operator.dataserver.app import AccessLogger, build_app
 from bioengine_operator.dataserver.manifest import DatasetManifest, load_manifest
-from bioengine_operator.devcluster import procs
 
-KEY = b"test-signing-key"
+KEY = tokens.generate_private_key()
+PUBLIC_KEY = KEY.public_key()
+OTHER_KEY = tokens.generate_private_key()  # a signing key the servers do not trust
+# Keys of any kind, to check that only P-256 ones are accepted.
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 DATASET = "cells-2024"
 # 1000 bytes with no repeating 256-byte period, so a misplaced range cannot match by chance.
 CONTENT = bytes((i * 37 + i // 256) % 256 for i in range(1000))
@@ -147,42 +164,34 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(root: Path) -> Iterator[Server]:
-    with serve(build_app(root, make_manifest(["alice", "bob"]), KEY)) as running:
+    with serve(build_app(root, make_manifest(["alice", "bob"]), PUBLIC_KEY)) as running:
         yield running
 
 
 @pytest.fixture
 def public_server(root: Path) -> Iterator[Server]:
-    with serve(build_app(root, make_manifest(["*"]), KEY)) as running:
+    with serve(build_app(root, make_manifest(["*"]), PUBLIC_KEY)) as running:
         yield running
 
 
 # --- tokens ------------------------------------------------------------------------------
 
 
-def test_token_round_trip() -> None:
-    now = 1_700_000_000.5
-    token = tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=60, now=now)
-    claims = tokens.verify(KEY, token, dataset=DATASET, now=now + 59)
-    assert claims == tokens.Claims(user="alice", dataset=DATASET, expires=1_700_000_060)
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def test_token_format_is_base64url_payload_dot_hmac() -> None:
-    token = tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=60, now=1000)
-    encoded_payload, encoded_signature = token.split(".")
-    assert "=" not in token
-    payload = base64.urlsafe_b64decode(encoded_payload + "=" * (-len(encoded_payload) % 4))
-    signature = base64.urlsafe_b64decode(encoded_signature + "=" * (-len(encoded_signature) % 4))
-    assert json.loads(payload) == {"sub": "alice", "ds": DATASET, "exp": 1060}
-    assert signature == hmac.new(KEY, payload, hashlib.sha256).digest()
+def _decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 def _signed(payload: bytes) -> str:
-    """A correctly signed token around an arbitrary payload, to test payload validation."""
-    signature = hmac.new(KEY, payload, hashlib.sha256).digest()
-    return ".".join(
-        base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in (payload, signature)
-    )
+    """A correctly signed token around an arbitrary payload, to test payload validation.
+
+    The signature is encoded as JWS encodes ES256: r and s as 32-byte big-endian integers.
+    """
+    r, s = decode_dss_signature(KEY.sign(payload, ec.ECDSA(hashes.SHA256())))
+    return f"{_encode(payload)}.{_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
 def _tampered() -> str:
@@ -190,6 +199,32 @@ def _tampered() -> str:
     alice = token_for("alice", now=1000)
     bob = token_for("bob", now=1000)
     return f"{bob.split('.')[0]}.{alice.split('.')[1]}"
+
+
+def _der_signed() -> str:
+    """A valid signature in DER, the other common ECDSA encoding: not what ES256 sends."""
+    payload = _decode(token_for(now=1000).split(".")[0])
+    der = KEY.sign(payload, ec.ECDSA(hashes.SHA256()))
+    return f"{_encode(payload)}.{_encode(der)}"
+
+
+def test_token_round_trip() -> None:
+    now = 1_700_000_000.5
+    token = tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=60, now=now)
+    claims = tokens.verify(PUBLIC_KEY, token, dataset=DATASET, now=now + 59)
+    assert claims == tokens.Claims(user="alice", dataset=DATASET, expires=1_700_000_060)
+
+
+def test_token_format_is_base64url_payload_dot_raw_es256_signature() -> None:
+    token = tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=60, now=1000)
+    encoded_payload, encoded_signature = token.split(".")
+    assert "=" not in token
+    payload, signature = _decode(encoded_payload), _decode(encoded_signature)
+    assert payload == b'{"ds":"cells-2024","exp":1060,"sub":"alice"}'
+    assert len(signature) == 64
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    # Raises InvalidSignature unless it is ECDSA P-256 with SHA-256 over the payload bytes.
+    PUBLIC_KEY.verify(encode_dss_signature(r, s), payload, ec.ECDSA(hashes.SHA256()))
 
 
 @pytest.mark.parametrize(
@@ -206,44 +241,140 @@ def _tampered() -> str:
         (_signed(b'{"sub": "alice", "ds": "cells-2024", "exp": "soon"}'), "'exp'"),
         (_signed(b'{"sub": "alice", "ds": "cells-2024", "exp": true}'), "'exp'"),
         (_signed(b'{"ds": "cells-2024", "exp": 2000}'), "'sub'"),
-        (token_for(key=b"another-key", now=1000), "bad signature"),
+        (token_for(key=OTHER_KEY, now=1000), "bad signature"),
         (_tampered(), "bad signature"),
+        (_der_signed(), "bad signature"),
+        (f"{token_for(now=1000).split('.')[0]}.{_encode(bytes(64))}", "bad signature"),
         (token_for(dataset="other-dataset", now=1000), "not 'cells-2024'"),
         (token_for(ttl_seconds=60, now=1000 - 60), "expired at 1970-01-01T00:16:40"),
     ],
 )
 def test_verify_rejects(token: str, message: str) -> None:
     with pytest.raises(tokens.TokenError, match=message):
-        tokens.verify(KEY, token, dataset=DATASET, now=1000)
+        tokens.verify(PUBLIC_KEY, token, dataset=DATASET, now=1000)
 
 
 def test_token_is_expired_from_its_exp_second_on() -> None:
     token = tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=10, now=1000)
-    assert tokens.verify(KEY, token, dataset=DATASET, now=1009.9).user == "alice"
+    assert tokens.verify(PUBLIC_KEY, token, dataset=DATASET, now=1009.9).user == "alice"
     with pytest.raises(tokens.TokenError, match="expired"):
-        tokens.verify(KEY, token, dataset=DATASET, now=1010)
+        tokens.verify(PUBLIC_KEY, token, dataset=DATASET, now=1010)
 
 
-def test_mint_refuses_empty_key_and_non_positive_ttl() -> None:
-    with pytest.raises(ValueError, match="empty"):
-        tokens.mint(b"", user="alice", dataset=DATASET, ttl_seconds=60)
+def test_mint_and_verify_refuse_other_keys_and_mint_a_non_positive_ttl() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(ValueError, match="P-256 private key, not ECPrivateKey on curve secp384r1"):
+        tokens.mint(p384, user="alice", dataset=DATASET, ttl_seconds=60)
+    token = token_for()
+    with pytest.raises(ValueError, match="P-256 public key, not ECPublicKey on curve secp384r1"):
+        tokens.verify(p384.public_key(), token, dataset=DATASET)
     with pytest.raises(ValueError, match="positive"):
         tokens.mint(KEY, user="alice", dataset=DATASET, ttl_seconds=0)
 
 
+def _certificate(key: SigningKey) -> str:
+    """A self-signed X.509 certificate for ``key``, as PEM."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bioengine-bridge")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _private_pem(key: SigningKey, private_format: serialization.PrivateFormat) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
+    )
+
+
+def _public_pem(key: SigningKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _p384_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def test_load_private_key_reads_sec1_and_pkcs8() -> None:
+    sec1 = _private_pem(KEY, serialization.PrivateFormat.TraditionalOpenSSL)
+    assert sec1.startswith(b"-----BEGIN EC PRIVATE KEY-----")  # what helm's genPrivateKey writes
+    pkcs8 = tokens.private_key_pem(KEY)
+    assert pkcs8.startswith("-----BEGIN PRIVATE KEY-----")
+    for pem in (sec1, sec1.decode(), pkcs8, pkcs8.encode()):
+        loaded = tokens.load_private_key(pem)
+        assert loaded.private_numbers() == KEY.private_numbers()
+        token = tokens.mint(loaded, user="alice", dataset=DATASET, ttl_seconds=60)
+        assert tokens.verify(PUBLIC_KEY, token, dataset=DATASET).user == "alice"
+
+
+def test_load_public_key_reads_a_public_key_and_a_certificate() -> None:
+    public = tokens.public_key_pem(KEY)
+    assert public.startswith("-----BEGIN PUBLIC KEY-----")
+    certificate = _certificate(KEY)
+    assert certificate.startswith("-----BEGIN CERTIFICATE-----")
+    for pem in (public, public.encode(), certificate, certificate.encode()):
+        loaded = tokens.load_public_key(pem)
+        assert loaded.public_numbers() == PUBLIC_KEY.public_numbers()
+        assert tokens.verify(loaded, token_for(), dataset=DATASET).user == "alice"
+        with pytest.raises(tokens.TokenError, match="bad signature"):
+            tokens.verify(loaded, token_for(key=OTHER_KEY), dataset=DATASET)
+
+
 @pytest.mark.parametrize(
-    ("stored", "key"),
-    [(b"k3y", b"k3y"), (b"k3y\n", b"k3y"), (b"k3y\r\n", b"k3y"), (b"k3y\n\n", b"k3y\n")],
+    ("make_pem", "message"),
+    [
+        (lambda: _private_pem(_rsa_key(), serialization.PrivateFormat.PKCS8), "RSAPrivateKey"),
+        (
+            lambda: _private_pem(_p384_key(), serialization.PrivateFormat.TraditionalOpenSSL),
+            "ECPrivateKey on curve secp384r1",
+        ),
+        (lambda: _public_pem(KEY), "not an unencrypted PEM private key"),
+        (
+            lambda: KEY.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"passphrase"),
+            ),
+            "not an unencrypted PEM private key",
+        ),
+        (lambda: b"not a key", "not an unencrypted PEM private key"),
+    ],
+    ids=["rsa", "p384", "public-key", "encrypted", "garbage"],
 )
-def test_load_key_strips_one_trailing_newline(tmp_path: Path, stored: bytes, key: bytes) -> None:
-    (tmp_path / "key").write_bytes(stored)
-    assert tokens.load_key(tmp_path / "key") == key
+def test_load_private_key_refuses(make_pem: Callable[[], bytes], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tokens.load_private_key(make_pem())
 
 
-def test_load_key_refuses_an_empty_key(tmp_path: Path) -> None:
-    (tmp_path / "key").write_bytes(b"\n")
-    with pytest.raises(ValueError, match="empty"):
-        tokens.load_key(tmp_path / "key")
+@pytest.mark.parametrize(
+    ("make_pem", "message"),
+    [
+        (lambda: _public_pem(_rsa_key()), "RSAPublicKey"),
+        (lambda: _public_pem(_p384_key()), "ECPublicKey on curve secp384r1"),
+        (lambda: _certificate(_p384_key()).encode(), "ECPublicKey on curve secp384r1"),
+        (lambda: _certificate(_rsa_key()).encode(), "RSAPublicKey"),
+        (lambda: tokens.private_key_pem(KEY).encode(), "not a PEM public key or certificate"),
+        (lambda: b"not a key", "not a PEM public key or certificate"),
+    ],
+    ids=["rsa", "p384", "p384-certificate", "rsa-certificate", "private-key", "garbage"],
+)
+def test_load_public_key_refuses(make_pem: Callable[[], bytes], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tokens.load_public_key(make_pem())
 
 
 # --- manifest ----------------------------------------------------------------------------
@@ -517,7 +648,7 @@ def test_no_token_is_401(server: Server, target: str) -> None:
     ("token", "message"),
     [
         (token_for(ttl_seconds=60, now=time.time() - 3600), "expired"),
-        (token_for(key=b"another-key"), "bad signature"),
+        (token_for(key=OTHER_KEY), "bad signature"),
         (token_for(dataset="other-dataset"), "for dataset 'other-dataset'"),
         ("garbage", "malformed"),
     ],
@@ -557,9 +688,111 @@ def test_public_dataset_needs_no_token(public_server: Server) -> None:
 
 
 def test_empty_user_list_admits_nobody(root: Path) -> None:
-    with serve(build_app(root, make_manifest([]), KEY)) as server:
+    with serve(build_app(root, make_manifest([]), PUBLIC_KEY)) as server:
         assert server.get("/files/blob.bin", token=token_for("alice")).status == 403
         assert server.get("/files/blob.bin").status == 401
+
+
+def test_server_without_a_key_refuses_every_token(root: Path) -> None:
+    with serve(build_app(root, make_manifest(["*"]), None)) as server:
+        without_token = server.get("/files/blob.bin")
+        assert (without_token.status, without_token.body) == (200, CONTENT)
+        reply = server.get("/files/blob.bin", token=token_for())
+        assert reply.status == 401
+        assert reply.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert "no token key configured" in reply.json()["error"]
+        assert CONTENT not in reply.body
+
+
+def test_server_without_a_key_cannot_serve_a_restricted_dataset(root: Path) -> None:
+    with serve(build_app(root, make_manifest(["alice"]), None)) as server:
+        assert server.get("/files/blob.bin").status == 401
+        reply = server.get("/files/blob.bin", token=token_for("alice"))
+        assert reply.status == 401
+        assert "no token key configured" in reply.json()["error"]
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: Server) -> Samples:
+    """Every sample ``/metrics`` exposes, fetched without a token."""
+    reply = server.get("/metrics")
+    assert reply.status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for sample in family.samples
+    }
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much a counter grew between two scrapes (a labelled child may appear in between)."""
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_need_no_token(server: Server) -> None:
+    reply = server.get("/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    text = reply.body.decode()
+    for name in ("requests", "response_bytes", "denials"):
+        assert f"# TYPE bioengine_dataserver_{name}_total counter" in text
+
+
+def test_requests_are_counted_by_method_and_status(server: Server) -> None:
+    before = scrape(server)
+    assert server.get("/files/blob.bin", token=token_for()).status == 200
+    assert server.request("HEAD", "/files/blob.bin", token=token_for()).status == 200
+    ranged = server.get("/files/blob.bin", token=token_for(), headers={"Range": "bytes=0-0"})
+    assert ranged.status == 206
+    assert server.get("/files/nope.bin", token=token_for()).status == 404
+    assert server.get("/files/blob.bin").status == 401
+    assert server.request("DELETE", "/files/blob.bin").status == 405
+    assert server.get("/healthz").status == 200
+    scrape(server)  # probes and scrapes are not counted
+    after = scrape(server)
+    requests = "bioengine_dataserver_requests_total"
+    assert moved(before, after, requests, method="GET", status="200") == 1
+    assert moved(before, after, requests, method="HEAD", status="200") == 1
+    assert moved(before, after, requests, method="GET", status="206") == 1
+    assert moved(before, after, requests, method="GET", status="404") == 1
+    assert moved(before, after, requests, method="GET", status="401") == 1
+    assert moved(before, after, requests, method="DELETE", status="405") == 1
+
+
+def test_response_bytes_count_what_is_sent(server: Server) -> None:
+    sent = "bioengine_dataserver_response_bytes_total"
+    before = scrape(server)
+    ranged = server.get("/files/blob.bin", token=token_for(), headers={"Range": "bytes=10-109"})
+    assert (ranged.status, len(ranged.body)) == (206, 100)
+    after_range = scrape(server)
+    assert moved(before, after_range, sent) == 100
+
+    etag = server.get("/files/blob.bin", token=token_for()).headers["ETag"]
+    # Neither HEAD nor a 304 revalidation sends a body.
+    assert server.request("HEAD", "/files/blob.bin", token=token_for()).status == 200
+    revalidated = server.get("/files/blob.bin", token=token_for(), headers={"If-None-Match": etag})
+    assert revalidated.status == 304
+    assert moved(after_range, scrape(server), sent) == len(CONTENT)
+
+
+def test_denials_are_counted_by_reason(server: Server, public_server: Server) -> None:
+    denials = "bioengine_dataserver_denials_total"
+    before = scrape(server)
+    assert server.get("/files/blob.bin").status == 401
+    assert server.get("/files/blob.bin", token=token_for(key=OTHER_KEY)).status == 401
+    assert server.get("/files/blob.bin", headers={"Authorization": "Basic eDp5"}).status == 401
+    assert server.get("/files/blob.bin", token=token_for("mallory")).status == 403
+    assert server.get("/files/blob.bin", token=token_for("alice")).status == 200
+    assert public_server.get("/files/blob.bin").status == 200  # open dataset: no denial
+    after = scrape(server)
+    assert moved(before, after, denials, reason="no_token") == 1
+    assert moved(before, after, denials, reason="invalid_token") == 2
+    assert moved(before, after, denials, reason="forbidden") == 1
 
 
 # --- zarr over HTTP ----------------------------------------------------------------------
@@ -580,7 +813,7 @@ def test_zarr_array_reads_back_over_http(root: Path, shards: tuple[int, int] | N
         if request.method == "GET" and request.path.startswith("/files/"):
             served.append((response.status, response.content_length or 0))
 
-    app = build_app(root, make_manifest(["alice"]), KEY)
+    app = build_app(root, make_manifest(["alice"]), PUBLIC_KEY)
     app.on_response_prepare.append(record)
     with serve(app) as server:
         remote = zarr.open_array(
@@ -619,84 +852,111 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def test_cli_serves_a_dataset(root: Path, tmp_path: Path) -> None:
+@contextmanager
+def run_cli(
+    root: Path, tmp_path: Path, authorized_users: list[str], *options: str
+) -> Iterator[tuple[Server, subprocess.Popen[bytes], Path]]:
+    """The real ``bioengine-dataserver`` serving ``root``, with JSON logs; stopped on exit."""
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump(make_manifest(["alice"]).model_dump(by_alias=True)))
-    key_file = tmp_path / "signing-key"
-    key_file.write_bytes(KEY + b"\n")  # as `kubectl create secret --from-file` often stores it
+    manifest.write_text(yaml.safe_dump(make_manifest(authorized_users).model_dump(by_alias=True)))
     port = _free_port()
     log = tmp_path / "dataserver.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "bioengine_operator.dataserver",
-        "--root",
-        str(root),
-        "--manifest",
-        str(manifest),
-        "--signing-key-file",
-        str(key_file),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-format",
-        "json",
-    ]
+    argv = [sys.executable, "-m", "bioengine_operator.dataserver", "--root", str(root)]
+    argv += ["--manifest", str(manifest), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--log-format", "json", *options]
     proc = procs.spawn(argv, log)
     try:
         procs.wait_for(lambda: _healthy(port), "dataserver /healthz", 30, proc=proc, log=log)
-        server = Server(port)
-        token = token_for()
-        assert server.get("/files/blob.bin", token=token).body == CONTENT
-        ranged = server.get(f"/files/blob.bin?token={token}", headers={"Range": "bytes=-5"})
-        assert (ranged.status, ranged.body) == (206, CONTENT[-5:])
-        assert server.get("/files/blob.bin").status == 401
-
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0  # SIGTERM (what the kubelet sends) is a clean exit
+        yield Server(port), proc, log
     finally:
         if proc.poll() is None:
             procs.stop_group(proc.pid)
     assert not procs.alive(proc.pid)
 
+
+def test_cli_serves_a_dataset(root: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "token-public-key.pem"
+    key_file.write_text(tokens.public_key_pem(KEY))
+    token = token_for()
+    with run_cli(root, tmp_path, ["alice"], "--token-public-key-file", str(key_file)) as running:
+        server, proc, log = running
+        assert server.get("/files/blob.bin", token=token).body == CONTENT
+        ranged = server.get(f"/files/blob.bin?token={token}", headers={"Range": "bytes=-5"})
+        assert (ranged.status, ranged.body) == (206, CONTENT[-5:])
+        assert server.get("/files/blob.bin").status == 401
+        forged = server.get("/files/blob.bin", token=token_for(key=OTHER_KEY))
+        assert forged.status == 401
+        assert "bad signature" in forged.json()["error"]
+        metrics = server.get("/metrics").body.decode()
+        assert 'bioengine_dataserver_requests_total{method="GET",status="206"} 1.0' in metrics
+        assert "bioengine_dataserver_response_bytes_total 1005.0" in metrics
+
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0  # SIGTERM (what the kubelet sends) is a clean exit
+
     output = log.read_text()
-    assert f"serving dataset '{DATASET}' from {root} at http://127.0.0.1:{port}" in output
+    assert f"serving dataset '{DATASET}' from {root} at http://127.0.0.1:{server.port}" in output
     assert token not in output
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    accesses = [
-        (r["method"], r["path"], r["status"], r["user"])
-        for r in records
-        if r["logger"] == "aiohttp.access"
-    ]
-    assert ("GET", "/files/blob.bin", 206, "alice") in accesses
-    assert ("GET", "/files/blob.bin", 401, None) in accesses
+    accesses = [r for r in records if r["logger"] == "aiohttp.access"]
+    summary = [(r["method"], r["path"], r["status"], r["user"]) for r in accesses]
+    assert ("GET", "/files/blob.bin", 206, "alice") in summary
+    assert ("GET", "/files/blob.bin", 401, None) in summary
+    assert all(isinstance(r["duration_ms"], float) for r in accesses)
+    # The shared log format: UTC times with milliseconds, as the operator and bridge write.
+    assert all(r["time"].endswith("Z") and r["level"] == "INFO" for r in accesses)
+
+
+def test_cli_without_a_key_serves_only_an_open_dataset(root: Path, tmp_path: Path) -> None:
+    with run_cli(root, tmp_path, ["*"]) as (server, _, _):
+        assert server.get("/files/blob.bin").body == CONTENT
+        refused = server.get("/files/blob.bin", token=token_for())
+        assert refused.status == 401
+        assert "no token key configured" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(
-    ("broken", "manifest_text", "key"),
+    ("broken", "manifest_text", "key_pem", "message"),
     [
-        ("root", '{"id": "d", "name": "D"}', KEY),
-        ("manifest", '{"id": 1}', KEY),
-        ("manifest", "id: [unclosed", KEY),
-        ("key", '{"id": "d", "name": "D"}', b"\n"),
+        ("root", '{"id": "d", "name": "D"}', tokens.public_key_pem(KEY), "not a directory"),
+        ("manifest", '{"id": 1}', tokens.public_key_pem(KEY), "not a valid dataset manifest"),
+        ("manifest", "id: [unclosed", tokens.public_key_pem(KEY), "not a valid dataset manifest"),
+        ("key", '{"id": "d", "name": "D"}', "\n", "not a PEM public key"),
+        # The server must never be handed the signing key itself.
+        ("key", '{"id": "d", "name": "D"}', tokens.private_key_pem(KEY), "not a PEM public key"),
+        ("key", '{"id": "d", "name": "D"}', _public_pem(_p384_key()).decode(), "secp384r1"),
+        ("key", '{"id": "d", "name": "D"}', None, "No such file"),
     ],
+    ids=["root", "manifest-schema", "manifest-yaml", "empty-key", "private-key", "p384", "no-key"],
 )
 def test_cli_refuses_bad_arguments(
     root: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     broken: str,
     manifest_text: str,
-    key: bytes,
+    key_pem: str | None,
+    message: str,
 ) -> None:
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(manifest_text)
-    key_file = tmp_path / "key"
-    key_file.write_bytes(key)
-    argv = ["--manifest", str(manifest), "--signing-key-file", str(key_file)]
+    key_file = tmp_path / "key.pem"
+    if key_pem is not None:
+        key_file.write_text(key_pem)
+    argv = ["--manifest", str(manifest), "--token-public-key-file", str(key_file)]
     argv += ["--root", str(tmp_path / "missing" if broken == "root" else root)]
+
+    def serve_forever(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("main() started serving despite a bad argument")
+
+    # Fail at once, rather than serve until the test times out, if a check regresses.
+    monkeypatch.setattr(web, "run_app", serve_forever)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert message in err
+    if broken == "key" and key_pem is not None:
+        assert f"--token-public-key-file {key_file}: " in err

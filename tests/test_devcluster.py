@@ -18,8 +18,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import procs, tools
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import procs, tools
 
 TIMEOUT = 60
 
@@ -301,7 +301,7 @@ def test_tools_cache_is_keyed_by_pins(tmp_path: Any, monkeypatch: pytest.MonkeyP
 def test_second_cluster_side_by_side_via_cli(cluster: devcluster.DevCluster, tmp_path: Any) -> None:
     """`make cluster-up` / `make cluster-down` (the CLI) next to the session's cluster."""
     workdir = tmp_path / "side"
-    cli = [sys.executable, "-m", "bioengine_operator.devcluster"]
+    cli = [sys.executable, "-m", "bioengine_devtools"]
     args = ["--name", "side", "--workdir", str(workdir)]
     try:
         up = subprocess.run(

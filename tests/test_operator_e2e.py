@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,10 @@ from helpers import apply, condition, events, get, items, resource, status, wait
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
 
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools.cluster import READY_DELAY_ANNOTATION
+from bioengine_devtools.operator_process import OperatorProcess
 from bioengine_operator.builders import triton
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster.cluster import READY_DELAY_ANNOTATION
-from bioengine_operator.devcluster.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("operator")
@@ -126,29 +127,41 @@ class PodRecorder:
         self.thread.join(timeout=10)
 
 
-def test_blue_green_update_keeps_serving_without_surge(
-    cluster: devcluster.DevCluster, api: client.ApiClient, namespace: str
-) -> None:
-    # New pods take 1 s to become Ready, like Triton loading a model: a real window in which
-    # an operator that updated both colors at once would leave nothing to serve.
-    slow = {"podAnnotations": {READY_DELAY_ANNOTATION: "1s"}}
-    apply(cluster, namespace, MODELS_CM, runner("bg", replicas=2, **slow))
-    wait_for(lambda: phase(cluster, namespace, "mr", "bg") == "Ready", "runner Ready")
-    old_revision = status(cluster, namespace, "mr", "bg")["revision"]
+# New pods take 2 s to become Ready, like Triton loading a model: a real window in which an
+# operator that replaced both colors at once would leave nothing to serve.
+SLOW = {"podAnnotations": {READY_DELAY_ANNOTATION: "2s"}}
 
-    recorder = PodRecorder(api, namespace, "bioengine.bioimage.io/modelrunner=bg")
+
+def rolled(cluster: devcluster.DevCluster, ns: str, name: str, old: str) -> bool:
+    st = status(cluster, ns, "mr", name)
+    return (
+        st.get("phase") == "Ready"
+        and st["revision"] != old
+        and st["blue"]["revision"] == st["green"]["revision"] == st["revision"]
+    )
+
+
+def watch_rollout(
+    cluster: devcluster.DevCluster,
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    change: Callable[[], None],
+    during: Callable[[], None] = lambda: None,
+) -> PodRecorder:
+    """Make ``change`` to a Ready 2 x 2 runner, watch every pod until the rollout is done
+    (``during`` runs once it started) and check the blue/green invariants on what was seen."""
+    wait_for(lambda: phase(cluster, namespace, "mr", name) == "Ready", "runner Ready")
+    old_revision = status(cluster, namespace, "mr", name)["revision"]
+    recorder = PodRecorder(api, namespace, f"bioengine.bioimage.io/modelrunner={name}")
     try:
-        apply(cluster, namespace, runner("bg", replicas=2, args=["--log-verbose=1"], **slow))
-
-        def rolled() -> bool:
-            st = status(cluster, namespace, "mr", "bg")
-            return (
-                st.get("phase") == "Ready"
-                and st["revision"] != old_revision
-                and st["blue"]["revision"] == st["green"]["revision"] == st["revision"]
-            )
-
-        wait_for(rolled, "both colors on the new revision", timeout=90)
+        change()
+        wait_for(
+            lambda: status(cluster, namespace, "mr", name).get("updatingColor") is not None,
+            "the update started",
+        )
+        during()
+        wait_for(lambda: rolled(cluster, namespace, name, old_revision), "rolled", timeout=120)
     finally:
         recorder.stop()
 
@@ -160,14 +173,82 @@ def test_blue_green_update_keeps_serving_without_surge(
     assert colors[0] == colors[1] and colors[2] == colors[3] and colors[0] != colors[2]
 
     def ready_endpoints() -> int:
-        slices = items(cluster, namespace, "endpointslices", "kubernetes.io/service-name=bg")
+        slices = items(cluster, namespace, "endpointslices", f"kubernetes.io/service-name={name}")
         endpoints = [e for s in slices for e in s.get("endpoints") or []]
         return sum(bool(e["conditions"].get("ready")) for e in endpoints)
 
     # The EndpointSlice controller follows pod readiness a moment after the Deployments.
     wait_for(lambda: ready_endpoints() == 4, "the Service routes to all four pods")
+    return recorder
+
+
+def test_blue_green_update_keeps_serving_without_surge(
+    cluster: devcluster.DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    apply(cluster, namespace, MODELS_CM, runner("bg", replicas=2, **SLOW))
+    watch_rollout(
+        cluster,
+        api,
+        namespace,
+        "bg",
+        lambda: apply(
+            cluster, namespace, runner("bg", replicas=2, args=["--log-verbose=1"], **SLOW)
+        ),
+    )
     reasons = {e["reason"] for e in events(cluster, namespace, "bg")}
     assert "UpdatingColor" in reasons
+
+
+def test_a_changed_model_config_map_rolls_one_color_at_a_time(
+    cluster: devcluster.DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    """The model ConfigMap is not in the spec, but it shapes the pods: adding a model file
+    must roll the runner like a spec change (it used to replace both colors at once)."""
+    apply(cluster, namespace, MODELS_CM, runner("cm", replicas=2, **SLOW))
+    added = {**MODELS_CM, "data": {**MODELS_CM["data"], "m__2__model.py": "# version 2\n"}}
+    watch_rollout(cluster, api, namespace, "cm", lambda: apply(cluster, namespace, added))
+
+
+def test_an_operator_restart_in_the_middle_of_an_update(
+    cluster: devcluster.DevCluster,
+    api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    apply(cluster, namespace, MODELS_CM, runner("mid", replicas=2, **SLOW))
+    watch_rollout(
+        cluster,
+        api,
+        namespace,
+        "mid",
+        lambda: apply(cluster, namespace, runner("mid", replicas=2, args=["--log-info=1"], **SLOW)),
+        during=lambda: operator.restart(kill=True),
+    )
+
+
+def test_an_operator_upgrade_that_changes_the_pod_template(
+    cluster: devcluster.DevCluster,
+    api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    """A new operator version with another default Triton image changes every runner's pods
+    that names no image of its own: they roll one color at a time, not all at once."""
+    apply(cluster, namespace, MODELS_CM, runner("upg", replicas=2, **SLOW))
+    default_args = operator.extra_args
+    upgraded = "nvcr.io/nvidia/tritonserver:99.99-py3"
+
+    def upgrade() -> None:
+        operator.extra_args = (*default_args, f"--triton-image={upgraded}")
+        operator.restart()
+
+    try:
+        watch_rollout(cluster, api, namespace, "upg", upgrade)
+    finally:
+        operator.extra_args = default_args
+        operator.restart()
+    deployment = get(cluster, namespace, "deployment", "upg-blue")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == upgraded
 
 
 def test_children_are_restored_after_drift(cluster: devcluster.DevCluster, namespace: str) -> None:
@@ -352,7 +433,7 @@ def test_restart_resumes_without_touching_children(
         lines = operator.log.read_text(errors="replace")[log_size:].splitlines()
         records = [json.loads(line) for line in lines if line.startswith("{")]
         return any(
-            r.get("message", "").startswith("Handler 'reconcile' succeeded")
+            r.get("message", "").startswith("reconciled")
             and r.get("object", {}).get("name") == "steady"
             and r.get("object", {}).get("namespace") == namespace
             for r in records

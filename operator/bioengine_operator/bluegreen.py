@@ -1,18 +1,30 @@
 """The blue/green update protocol of a ModelRunner, as a pure decision function.
 
-Invariants it keeps (and the end-to-end test watches for):
+A *revision* is the hash of the rendered pod template (see
+:func:`bioengine_operator.builders.triton.revision`): whatever changes a pod, be it the spec,
+the model ConfigMap or the operator's own defaults and builders, is a new revision. A color
+*serves* while at least one of its pods of its Deployment's current revision is Ready and
+not being deleted (counted from the pods themselves, not from the Deployment's status,
+which lags behind).
 
-* the Service always selects at least one Ready pod once the runner has served at all:
-  a color's pod template is changed only while the *other* color is fully Ready;
-* no surge: a changed color is replaced in place (Recreate), so the runner never holds
-  more than ``2 x replicas`` pods and needs no spare GPU;
-* one color at a time: the second color moves to the new revision only after the first
-  runs it with every pod Ready (Triton's strict readiness: every model loaded).
+The rules, checked on every reconcile:
 
-The function sees the observed state of both Deployments and returns, per color, the
-revision its Deployment should carry now. It is called on every reconcile (spec change,
-Deployment status change, periodic resync) and is idempotent: the same observations give
-the same plan, so a restarted operator resumes a half-done update where it stood.
+1. A color's pod template is changed only while the other color serves, or while neither
+   serves (then nothing can be lost). So the color that is the only one serving is never
+   replaced: once the runner has served, at least one Ready pod serves at every moment,
+   unless pods fail on their own.
+2. One color at a time: the second color moves to the new revision only once the first
+   serves it (at least one Ready pod; a color with some pods Pending for lack of a GPU
+   serves with those it has). Capacity can thus dip to one Ready pod during an update.
+3. No surge: each color's Deployment uses the Recreate strategy, so a color never has pods
+   of two revisions at once. *Peak pods*: at every moment the runner holds at most
+   ``2 x max(R_old, R_new)`` pods, where R_old and R_new are the replica counts of the specs
+   whose pods still exist; with an unchanged replica count R, never more than ``2 x R``,
+   i.e. no spare GPU is ever needed for an update.
+
+The function is idempotent and keeps no state: the same observations give the same plan,
+so an operator restarted at any point (even between the writes of one reconcile) resumes
+where the pods stand.
 """
 
 from __future__ import annotations
@@ -22,20 +34,21 @@ from typing import Literal
 
 Color = Literal["blue", "green"]
 COLORS: tuple[Color, Color] = ("blue", "green")
+Phase = Literal["Deploying", "Updating", "Ready", "Degraded"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Observed:
-    """What the live Deployment of one color says (``exists=False`` if there is none)."""
+    """One color as its Deployment and pods show it (``exists=False``: no Deployment)."""
 
     exists: bool
     revision: str | None = None
-    settled: bool = False  # rolled out: observed its generation, every pod updated and Ready
-    ready_replicas: int = 0
+    ready: int = 0  # Ready pods of ``revision`` that are not being deleted
+    settled: bool = False  # exactly the wanted pods, all of ``revision`` and all Ready
 
     @property
     def serving(self) -> bool:
-        return self.exists and self.settled and self.ready_replicas > 0
+        return self.exists and self.ready > 0
 
 
 ABSENT = Observed(exists=False)
@@ -43,96 +56,57 @@ ABSENT = Observed(exists=False)
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Target revision per color; a color mapped to None keeps what it has."""
+    """Target revision per color; a color mapped to None keeps what it has, untouched."""
 
     targets: dict[Color, str | None]
     updating: Color | None
-    phase: Literal["Deploying", "Updating", "Ready", "Degraded"]
+    phase: Phase
     reason: str
     message: str
 
 
 def plan(desired: str, observed: dict[Color, Observed]) -> Plan:
-    blue, green = observed["blue"], observed["green"]
-    at_desired = {c for c in COLORS if observed[c].exists and observed[c].revision == desired}
+    at_desired = [c for c in COLORS if observed[c].exists and observed[c].revision == desired]
+    both = _targets(desired, *COLORS)
 
-    if not blue.exists and not green.exists:
-        return Plan(
-            {"blue": desired, "green": desired},
-            None,
-            "Deploying",
-            "Creating",
-            "creating both colors",
-        )
+    if not any(observed[c].exists for c in COLORS):
+        return Plan(both, None, "Deploying", "Creating", "creating both colors")
 
-    if at_desired == set(COLORS):
-        ready = [c for c in COLORS if observed[c].serving]
-        if len(ready) == 2:
-            return Plan(
-                {"blue": desired, "green": desired},
-                None,
-                "Ready",
-                "BothColorsReady",
-                "both colors serve the current revision",
-            )
-        phase = "Degraded" if ready else "Deploying"
-        waiting = ", ".join(c for c in COLORS if c not in ready)
-        return Plan(
-            {"blue": desired, "green": desired},
-            None,
-            phase,
-            "WaitingForColor",
-            f"waiting for {waiting} to become ready",
-        )
+    if len(at_desired) == 2:
+        serving = [c for c in COLORS if observed[c].serving]
+        if all(observed[c].settled for c in COLORS):
+            message = "both colors serve the current revision"
+            return Plan(both, None, "Ready", "BothColorsReady", message)
+        waiting = ", ".join(c for c in COLORS if not observed[c].settled)
+        phase: Phase = "Degraded" if serving else "Deploying"
+        message = f"waiting for every pod of {waiting} to be ready"
+        return Plan(both, None, phase, "WaitingForColor", message)
 
     if len(at_desired) == 1:
         (moved,) = at_desired
         other = _other(moved)
         if observed[moved].serving:
-            # First color done: now the second one, while the first serves.
-            return Plan(
-                {moved: desired, other: desired},
-                other,
-                "Updating",
-                "UpdatingSecondColor",
-                f"{moved} serves the new revision; updating {other}",
-            )
+            message = f"{moved} serves the new revision; updating {other}"
+            return Plan(both, other, "Updating", "UpdatingSecondColor", message)
         if not observed[other].serving:
-            # Nothing serves either way: move the other too instead of waiting on it.
-            return Plan(
-                {moved: desired, other: desired},
-                None,
-                "Deploying",
-                "NoColorReady",
-                "no color is ready; updating both",
-            )
-        return Plan(
-            {moved: desired, other: None},
-            moved,
-            "Updating",
-            "UpdatingFirstColor",
-            f"waiting for {moved} to be ready on the new revision; {other} serves",
-        )
+            message = "no color is ready; updating both"
+            return Plan(both, None, "Deploying", "NoColorReady", message)
+        message = f"waiting for {moved} to serve the new revision; {other} serves"
+        return Plan(_targets(desired, moved), moved, "Updating", "UpdatingFirstColor", message)
 
-    # Neither color has the new revision: start with a color whose sibling serves. Prefer
-    # moving a color that does not serve anyway (it costs no capacity), else green.
-    candidates = [c for c in ("green", "blue") if observed[_other(c)].serving]
+    # Neither color runs the new revision: move one whose sibling serves, preferring one that
+    # does not serve itself (it costs no capacity); if none serves, nothing can be lost.
+    candidates = [c for c in reversed(COLORS) if observed[_other(c)].serving]
     if not candidates:
-        return Plan(
-            {"blue": desired, "green": desired},
-            None,
-            "Deploying",
-            "NoColorReady",
-            "no color is ready; updating both",
-        )
+        message = "no color is ready; updating both"
+        return Plan(both, None, "Deploying", "NoColorReady", message)
     first = next((c for c in candidates if not observed[c].serving), candidates[0])
-    return Plan(
-        {first: desired, _other(first): None},
-        first,
-        "Updating",
-        "UpdatingFirstColor",
-        f"updating {first}; {_other(first)} serves",
-    )
+    message = f"updating {first}; {_other(first)} serves"
+    return Plan(_targets(desired, first), first, "Updating", "UpdatingFirstColor", message)
+
+
+def _targets(desired: str, *moving: Color) -> dict[Color, str | None]:
+    return {c: (desired if c in moving else None) for c in COLORS}
 
 
 def _other(color: Color) -> Color:

@@ -7,19 +7,14 @@ whose flags (and environment variables, for the chart) are documented here.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+from pathlib import Path
 
 import kopf
 
-from bioengine_operator import handlers
+from bioengine_operator import handlers, logs, metrics
+from bioengine_operator.controllers import kube
 from bioengine_operator.controllers.outcome import Settings
-
-LOG_FORMATS = {
-    "plain": kopf.LogFormat.PLAIN,
-    "full": kopf.LogFormat.FULL,
-    "json": kopf.LogFormat.JSON,
-}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,36 +39,68 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("BIOENGINE_LIVENESS"),
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
-    parser.add_argument(
-        "--log-format", choices=sorted(LOG_FORMATS), default=env("BIOENGINE_LOG_FORMAT", "plain")
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_observability(parser)
     parser.add_argument(
         "--image",
         default=env("BIOENGINE_OPERATOR_IMAGE", Settings.image),
         help="image of the dataset servers (the operator's own image)",
     )
     parser.add_argument(
+        "--triton-image",
+        default=env("BIOENGINE_TRITON_IMAGE", Settings.triton_image),
+        help="Triton image of ModelRunners that do not name one",
+    )
+    parser.add_argument(
         "--resync-seconds",
         type=float,
-        default=float(env("BIOENGINE_RESYNC_SECONDS", Settings.resync_seconds)),
+        default=float(env("BIOENGINE_RESYNC_SECONDS", str(Settings.resync_seconds))),
         help="period of the level-triggered resync of every object",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("BIOENGINE_WORKERS", "8")),
+        help="objects reconciled at the same time",
     )
     parser.add_argument(
         "--hypha-workspace",
         default=env("BIOENGINE_HYPHA_WORKSPACE"),
         help="default Hypha workspace shown in status.serviceId",
     )
+    parser.add_argument(
+        "--host-path-prefix",
+        action="append",
+        default=[p for p in (env("BIOENGINE_HOST_PATH_PREFIXES") or "").split(":") if p],
+        help="a node directory under which hostPath datasets may be served (repeatable; "
+        "BIOENGINE_HOST_PATH_PREFIXES, colon-separated); none: hostPath datasets are refused",
+    )
+    parser.add_argument(
+        "--token-public-key-file",
+        type=Path,
+        default=env("BIOENGINE_TOKEN_PUBLIC_KEY_FILE"),
+        help="PEM public key or certificate of the bridge's dataset token signing key",
+    )
     return parser.parse_args(argv)
 
 
-def configure_logging(verbose: bool, log_format: str) -> None:
-    # hypha-rpc calls logging.basicConfig() when imported; without dropping that root handler
-    # every line would be printed twice, once plain and once in kopf's format.
-    for handler in list(logging.root.handlers):
-        logging.root.removeHandler(handler)
-    kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+def add_observability(parser: argparse.ArgumentParser) -> None:
+    """Log and metrics flags, shared by the operator and the bridge."""
+    env = os.environ.get
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default=env("BIOENGINE_LOG_FORMAT", "text")
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--metrics-address",
+        default=env("BIOENGINE_METRICS_ADDRESS"),
+        help="serve Prometheus metrics at http://<address>/metrics, e.g. 0.0.0.0:9090",
+    )
+
+
+def start_observability(args: argparse.Namespace) -> None:
+    logs.configure(args.log_format, args.verbose)
+    if args.metrics_address:
+        metrics.serve(args.metrics_address)
 
 
 def run_kopf(namespaces: list[str], liveness: str | None) -> None:
@@ -88,15 +115,20 @@ def run_kopf(namespaces: list[str], liveness: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    configure_logging(args.verbose, args.log_format)
-    handlers.configure(
+    start_observability(args)
+    public_key = args.token_public_key_file.read_text() if args.token_public_key_file else None
+    kube.configure(pool_size=args.workers + 2)
+    handlers.register_all(
         Settings(
             image=args.image,
+            triton_image=args.triton_image,
             resync_seconds=args.resync_seconds,
             hypha_workspace=args.hypha_workspace,
-        )
+            host_path_prefixes=tuple(args.host_path_prefix),
+            token_public_key=public_key,
+        ),
+        args.workers,
     )
-    handlers.register_all()
     run_kopf(args.namespace, args.liveness)
 
 

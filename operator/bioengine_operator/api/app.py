@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from bioengine_operator.api.base import (
+    DNS_1035,
     DNS_LABEL,
     Model,
     OneOf,
@@ -21,12 +22,16 @@ from bioengine_operator.api.base import (
     Resources,
     ServiceSpec,
     cel,
+    object_name,
 )
+from bioengine_operator.api.dataset import DATASET_NAME_MAX
 
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_RAY_IMAGE = f"rayproject/ray:{DEFAULT_RAY_VERSION}-py311"
+# KubeRay refuses RayService names over 47 characters (its RayCluster gets 6 more, up to 53).
+APP_NAME_MAX = 47
 
 
 class RayActorOptions(Model):
@@ -84,7 +89,7 @@ class RuntimeEnv(Model):
 
 
 class ConfigMapSource(Model):
-    name: str = Field(description="ConfigMap whose keys are the app's files (e.g. main.py).")
+    name: str = object_name("ConfigMap whose keys are the app's files (e.g. main.py).")
 
 
 class ImageSource(Model):
@@ -201,7 +206,7 @@ class BioEngineAppSpec(Model):
     ray_cluster: RayClusterSpec = Field(
         default_factory=RayClusterSpec, description="The Ray cluster that runs the app."
     )
-    datasets: list[str] = Field(
+    datasets: list[Annotated[str, Field(pattern=DNS_1035, max_length=DATASET_NAME_MAX)]] = Field(
         default_factory=list,
         description="BioEngineDatasets (same namespace) mounted read-only into the Ray pods.",
     )

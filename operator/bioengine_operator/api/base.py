@@ -27,6 +27,16 @@ Quantity = Annotated[
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A DNS-1035 label: what a Service name (and so every name a Service is derived from) must be.
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A DNS-1123 subdomain: the name of a ConfigMap, Secret or PersistentVolumeClaim.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def object_name(description: str) -> Any:
+    """A field naming another object in the same namespace: checked as a DNS-1123 subdomain,
+    so it can only ever be one name, never a path."""
+    return Field(pattern=DNS_SUBDOMAIN, min_length=1, max_length=253, description=description)
 
 
 def cel(rule: str, message: str) -> dict[str, str]:
@@ -84,7 +94,7 @@ class OneOf(Model):
 
 
 class SecretRef(Model):
-    name: str = Field(description="Name of a Secret in the resource's namespace.")
+    name: str = object_name("Name of a Secret in the resource's namespace.")
 
 
 class Toleration(Model):

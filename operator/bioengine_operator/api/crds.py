@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from bioengine_operator.api import app, dataset, modelrunner, status
-from bioengine_operator.api.base import GROUP, VERSION
+from bioengine_operator.api.base import DNS_1035, GROUP, VERSION, cel
 from bioengine_operator.api.openapi import structural_schema
 
 
@@ -29,6 +29,8 @@ class Kind:
     status: type[BaseModel]
     description: str
     columns: tuple[dict[str, Any], ...]
+    max_name: int  # longest name whose derived child names stay within Kubernetes' limits
+    derived: str  # which derived name sets that limit, for the refusal message
 
     @property
     def singular(self) -> str:
@@ -37,6 +39,15 @@ class Kind:
     @property
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
+
+    def name_rule(self) -> dict[str, str]:
+        """CEL on metadata.name: a DNS-1035 label short enough for every derived name."""
+        return cel(
+            f"self.metadata.name.size() <= {self.max_name} && "
+            f"self.metadata.name.matches('{DNS_1035}')",
+            f"metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', "
+            f"starting with a letter) of at most {self.max_name} characters: {self.derived}",
+        )
 
 
 def _columns(*extra: dict[str, Any]) -> tuple[dict[str, Any], ...]:
@@ -57,6 +68,8 @@ APP = Kind(
     status.AppStatus,
     "A BioEngine app: a Ray Serve application run on its own KubeRay RayService.",
     _columns(),
+    app.APP_NAME_MAX,
+    "KubeRay names the RayCluster '<name>-' plus 5 characters, at most 53",
 )
 MODEL_RUNNER = Kind(
     "ModelRunner",
@@ -66,6 +79,8 @@ MODEL_RUNNER = Kind(
     status.ModelRunnerStatus,
     "Triton Inference Server run as a blue/green pair of Deployments with no-surge updates.",
     _columns({"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1}),
+    modelrunner.RUNNER_NAME_MAX,
+    "the per-color Service '<name>-green' is a Service name, at most 63",
 )
 DATASET = Kind(
     "BioEngineDataset",
@@ -75,6 +90,8 @@ DATASET = Kind(
     status.DatasetStatus,
     "A read-only dataset (files and zarr over HTTP with Range requests) apps can mount.",
     _columns(),
+    dataset.DATASET_NAME_MAX,
+    "the dataset server's Service '<name>-dataset' is a Service name, at most 63",
 )
 KINDS = (APP, MODEL_RUNNER, DATASET)
 
@@ -112,6 +129,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                             "type": "object",
                             "description": kind.description,
                             "required": ["spec"],
+                            "x-kubernetes-validations": [kind.name_rule()],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind."},

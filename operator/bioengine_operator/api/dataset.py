@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bioengine_operator.api.base import Model, OneOf, Placement, SecretRef, ServiceSpec
+from bioengine_operator.api.base import (
+    Model,
+    OneOf,
+    Placement,
+    SecretRef,
+    ServiceSpec,
+    object_name,
+)
 
 PUBLIC = "*"
+# The dataset server's Service is "<name>-dataset", and a Service name has at most 63 characters.
+DATASET_NAME_MAX = 63 - len("-dataset")
 
 
 class PvcSource(Model):
-    claim_name: str = Field(description="PersistentVolumeClaim holding the dataset.")
+    claim_name: str = object_name("PersistentVolumeClaim holding the dataset.")
     sub_path: str = Field("", description="Directory inside the volume; empty for its root.")
 
 

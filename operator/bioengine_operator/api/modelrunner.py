@@ -19,7 +19,11 @@ from bioengine_operator.api.base import (
     SecretRef,
     ServiceSpec,
     cel,
+    object_name,
 )
+
+# The per-color Services are "<name>-blue" and "<name>-green": at most 63 characters.
+RUNNER_NAME_MAX = 63 - len("-green")
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -53,13 +57,13 @@ class S3Repository(Model):
 
 
 class PvcRepository(Model):
-    claim_name: str = Field(description="PersistentVolumeClaim holding the model repository.")
+    claim_name: str = object_name("PersistentVolumeClaim holding the model repository.")
     sub_path: str = Field("", description="Directory inside the volume; empty for its root.")
 
 
 class ConfigMapRepository(Model):
-    name: str = Field(
-        description="ConfigMap holding small models. Keys use `__` for `/`, e.g. "
+    name: str = object_name(
+        "ConfigMap holding small models. Keys use `__` for `/`, e.g. "
         "`unet2d__config.pbtxt` and `unet2d__1__model.py`."
     )
 
@@ -75,7 +79,13 @@ class ModelRepository(OneOf):
 
 
 class ModelRunnerSpec(Placement):
-    image: str = Field(DEFAULT_TRITON_IMAGE, description="Triton Inference Server image.")
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="Triton Inference Server image; empty uses the operator's default "
+        f"(--triton-image, {DEFAULT_TRITON_IMAGE} unless the chart sets another), so an "
+        "operator upgrade can move runners to a newer Triton, one color at a time.",
+    )
     model_repository: ModelRepository = Field(description="Where the models are stored.")
     models: list[Annotated[str, Field(pattern=MODEL_NAME)]] = Field(
         min_length=1,

@@ -2,7 +2,8 @@
 
 Configuration comes from flags or the environment (the chart sets the environment); the
 Hypha token comes only from ``HYPHA_TOKEN`` (a Secret in the chart) or ``--token-file``,
-and is never logged.
+and is never logged. The dataset token signing key is a file (a Secret the chart mounts):
+the bridge reads no Secret through the Kubernetes API, and writes nothing to the cluster.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from bioengine_operator import cli
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
 from bioengine_operator.bridge import hypha
 from bioengine_operator.bridge.endpoints import Endpoints
-from bioengine_operator.bridge.registry import Registry
+from bioengine_operator.bridge.registry import Limits, Registry
+from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +63,32 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="test seam: backend addresses by resource (see bridge.endpoints)",
     )
     parser.add_argument(
+        "--signing-key-file",
+        type=Path,
+        default=env("BIOENGINE_SIGNING_KEY_FILE"),
+        help="PEM private key (EC P-256) that signs dataset tokens; without it datasets are "
+        "not registered",
+    )
+    parser.add_argument(
         "--call-timeout",
         type=float,
-        default=float(env("BIOENGINE_BRIDGE_CALL_TIMEOUT", "300")),
+        default=float(env("BIOENGINE_BRIDGE_CALL_TIMEOUT", str(Limits.call_timeout))),
         help="seconds a call to an app, runner or dataset may take",
     )
-    parser.add_argument("--liveness", default=env("BIOENGINE_LIVENESS"))
     parser.add_argument(
-        "--log-format",
-        choices=sorted(cli.LOG_FORMATS),
-        default=env("BIOENGINE_LOG_FORMAT", "plain"),
+        "--discovery-timeout",
+        type=float,
+        default=float(env("BIOENGINE_BRIDGE_DISCOVERY_TIMEOUT", str(Limits.discovery_timeout))),
+        help="seconds an app may take to list its methods before its registration is retried",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--max-read-bytes",
+        type=int,
+        default=int(env("BIOENGINE_BRIDGE_MAX_READ_BYTES", str(Limits.max_read_bytes))),
+        help="largest answer of a dataset's read_file (stream_file has no limit)",
+    )
+    parser.add_argument("--liveness", default=env("BIOENGINE_LIVENESS"))
+    cli.add_observability(parser)
     args = parser.parse_args(argv)
     if not args.server_url or not args.workspace:
         parser.error(
@@ -94,19 +111,25 @@ def env_token() -> str:
 def install(args: argparse.Namespace) -> None:
     """Register kopf handlers bound to one bridge's state."""
     hypha.disable_compression()
-    connection: hypha.HyphaConnection
     registry: Registry
 
     async def fresh() -> None:
-        await registry.after_fresh_connection()
+        registry.after_fresh_connection()
 
     connection = hypha.HyphaConnection(
         hypha.Settings(args.server_url, args.workspace, read_token(args), args.client_id),
         on_fresh=fresh,
     )
-    registry = Registry(
-        connection, Endpoints.from_file(args.endpoints_file), args.workspace, args.call_timeout
+    key = (
+        tokens.load_private_key(args.signing_key_file.read_bytes())
+        if args.signing_key_file
+        else None
     )
+    limits = Limits(args.call_timeout, args.discovery_timeout, args.max_read_bytes)
+    registry = Registry(
+        connection, Endpoints.from_file(args.endpoints_file), args.workspace, limits, key
+    )
+    prometheus_client.REGISTRY.register(registry.collector())
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup()
@@ -114,13 +137,8 @@ def install(args: argparse.Namespace) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.posting.enabled = False  # read-only: the bridge writes nothing to the cluster
-        while True:
-            try:
-                await connection.connect()
-                break
-            except Exception as err:
-                logger.warning("Hypha not reachable yet (%s); retrying", err)
-                await asyncio.sleep(1)
+        # Connecting runs beside the watches: resources are recorded while Hypha is still
+        # out of reach, and registered as soon as it answers.
         tasks.append(asyncio.create_task(registry.run()))
         tasks.append(asyncio.create_task(connection.keep_alive()))
 
@@ -134,20 +152,20 @@ def install(args: argparse.Namespace) -> None:
     def registered(**_: Any) -> int:
         return len(registry.registered)
 
-    for kind in KINDS:
+    async def on_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        if event.get("type") == "DELETED":
+            registry.forget(body["kind"], meta["namespace"], meta["name"])
+        else:
+            registry.observe(dict(body))
 
-        @kopf.on.event(GROUP, VERSION, kind.plural, id=f"watch-{kind.plural}")
-        def on_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-            meta = body["metadata"]
-            if event.get("type") == "DELETED":
-                registry.forget(body["kind"], meta["namespace"], meta["name"])
-            else:
-                registry.observe(dict(body))
+    for kind in KINDS:
+        kopf.on.event(GROUP, VERSION, kind.plural, id=f"watch-{kind.plural}")(on_event)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    cli.configure_logging(args.verbose, args.log_format)
+    cli.start_observability(args)
     install(args)
     cli.run_kopf(args.namespace, args.liveness)
 

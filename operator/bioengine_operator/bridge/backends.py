@@ -15,13 +15,16 @@ the call itself may take as long as the model or app needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import numpy as np
+import prometheus_client
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -39,6 +42,10 @@ FAILOVER_STATUSES = {
     "StatusCode.DEADLINE_EXCEEDED",
 }
 UNLIMITED_MESSAGES = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+FAILOVERS = prometheus_client.Counter(
+    "bioengine_bridge_failovers",
+    "Model runner calls that one color did not answer and were sent to the other.",
+)
 
 
 class BackendError(RuntimeError):
@@ -80,6 +87,7 @@ class TritonPair:
                 if str(err.status()) not in FAILOVER_STATUSES:
                     raise BackendError(err.message()) from err
                 errors.append(f"{target}: {err.status()}")
+                FAILOVERS.inc()
                 logger.info(
                     "triton %s unavailable (%s); trying the other color", target, err.status()
                 )
@@ -153,11 +161,17 @@ class AppClient:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=call_timeout, sock_connect=5)
 
-    async def describe(self) -> dict[str, dict[str, str]]:
-        async with self.session.get(f"{self.endpoint}/__describe__", timeout=self.timeout) as r:
-            if r.status != 200:
-                raise BackendUnavailable(f"app ingress answered {r.status} to describe")
-            return dict(await r.json())
+    async def describe(self, timeout: float) -> dict[str, dict[str, str]]:
+        """The app's methods; an ingress that does not answer within ``timeout`` is skipped
+        for now (its registration is retried) instead of holding up for a whole call time."""
+        limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(5.0, timeout))
+        try:
+            async with self.session.get(f"{self.endpoint}/__describe__", timeout=limit) as r:
+                if r.status != 200:
+                    raise BackendUnavailable(f"app ingress answered {r.status} to describe")
+                return dict(await r.json())
+        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+            raise BackendUnavailable(f"app ingress did not describe itself: {err!r}") from err
 
     async def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -178,13 +192,17 @@ class AppClient:
 
 
 class DatasetClient:
-    """Reads one dataset through its server, as a given (already authorized) user."""
+    """Reads one dataset through its server, as a given (already authorized) user.
+
+    The bridge signs a short-lived token per request with its private key; the dataset
+    server checks it with the public key, so no secret is shared with the server.
+    """
 
     def __init__(
         self,
         endpoint: str,
         dataset_id: str,
-        key: bytes,
+        key: tokens.PrivateKey,
         session: aiohttp.ClientSession,
         call_timeout: float,
     ) -> None:
@@ -195,13 +213,15 @@ class DatasetClient:
     def token(self, user: str, ttl_seconds: int = 300) -> str:
         return tokens.mint(self.key, user=user, dataset=self.dataset_id, ttl_seconds=ttl_seconds)
 
-    async def get(
+    @contextlib.asynccontextmanager
+    async def open(
         self,
         path: str,
         user: str,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The server's response, its body not read yet (callers stream or cap it)."""
         request_headers = {"Authorization": f"Bearer {self.token(user)}", **(headers or {})}
         try:
             async with self.session.get(
@@ -210,9 +230,20 @@ class DatasetClient:
                 params=params,
                 timeout=self.timeout,
             ) as response:
-                return response.status, dict(response.headers), await response.read()
+                yield response
         except (aiohttp.ClientConnectionError, TimeoutError) as err:
             raise BackendUnavailable(f"dataset server unreachable: {err}") from err
+
+    async def get(
+        self,
+        path: str,
+        user: str,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Status and whole body of a small answer (a listing, an error)."""
+        async with self.open(path, user, headers, params) as response:
+            return response.status, await response.read()
 
 
 def _error_text(body: bytes, status: int) -> str:

@@ -124,7 +124,9 @@ class HyphaConnection:
         return True
 
     async def keep_alive(self, interval: float = 1.0) -> None:
-        """Run forever: probe, and reconnect from scratch when the client is stuck."""
+        """Run forever: connect, probe, and reconnect from scratch when the client is stuck."""
+        if self.server is None:
+            await self._reconnect()
         failures = 0
         while True:
             await asyncio.sleep(interval)

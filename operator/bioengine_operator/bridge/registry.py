@@ -1,41 +1,62 @@
-"""Keeps the registered Hypha services equal to the desired ones.
+"""Keeps the registered Hypha services equal to the desired ones, one resource at a time.
 
-Watch events only record what each resource wants (:func:`desired.desired`) and wake the
-sync loop; the loop registers what is missing or changed and unregisters what is no longer
-wanted. A registration that fails (an app whose ingress does not answer yet, Hypha down)
-is retried on the next round, so the loop converges however events and failures interleave.
+Watch events only record what each resource wants (:func:`desired.desired`) and kick that
+resource's convergence; each resource converges in a task of its own, so an app whose
+ingress never answers delays no other service: its discovery call times out after
+``discovery_timeout`` seconds and is retried on a later round. At most one task runs per
+resource; an event arriving meanwhile makes it go round once more, so the last state wins.
+A periodic round retries what failed (an ingress not answering yet, Hypha down).
+
+After a fresh Hypha connection the services registered on the old one are gone; each
+registration remembers the connection generation it was made on, and a stale one is made
+again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from bioengine_operator.bridge import services
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired, desired
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.hypha import HyphaConnection
-from bioengine_operator.builders import dataset as dataset_builder
-from bioengine_operator.builders import meta
-from bioengine_operator.controllers import kube
+from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str, str]
 STATUS_FIELDS = ("phase", "ready", "serviceId", "conditions", "endpoint")
 
+REGISTRATION_ERRORS = prometheus_client.Counter(
+    "bioengine_bridge_registration_errors",
+    "Registrations that failed and will be retried, by kind.",
+    ["kind"],
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    call_timeout: float = 300.0  # one call to an app, runner or dataset
+    discovery_timeout: float = 10.0  # asking an app for its methods, per attempt
+    max_read_bytes: int = 64 * 2**20  # read_file's largest answer (stream_file has none)
+
 
 @dataclasses.dataclass
 class Registration:
     want: Desired
+    generation: int  # of the Hypha connection it was made on
     service_ids: list[str]
-    closers: list[Any]
+    closers: list[TritonPair]
 
 
 class Registry:
@@ -44,19 +65,21 @@ class Registry:
         hypha: HyphaConnection,
         endpoints: Endpoints,
         workspace: str,
-        call_timeout: float,
+        limits: Limits,
+        signing_key: tokens.PrivateKey | None,
         resync_seconds: float = 5.0,
     ) -> None:
         self.hypha, self.endpoints, self.workspace = hypha, endpoints, workspace
-        self.call_timeout, self.resync_seconds = call_timeout, resync_seconds
+        self.limits, self.signing_key = limits, signing_key
+        self.resync_seconds = resync_seconds
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.wanted: dict[Key, Desired] = {}
         self.registered: dict[Key, Registration] = {}
-        self.wakeup = asyncio.Event()
-        self.lock = asyncio.Lock()
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._again: set[Key] = set()
         self.session: aiohttp.ClientSession | None = None
 
-    # -- inputs ------------------------------------------------------------------------
+    # -- inputs (on the event loop) -----------------------------------------------------
 
     def observe(self, body: dict[str, Any]) -> None:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
@@ -64,123 +87,166 @@ class Registry:
         self.bodies[key] = body
         registration = self.registered.get(key)
         if registration and _revision(previous) != _revision(body):
-            for closer in registration.closers:
-                if isinstance(closer, TritonPair):
-                    closer.forget_metadata()
+            for pair in registration.closers:
+                pair.forget_metadata()
         want = desired(body, self.endpoints, self.workspace)
         if want is None:
             self.wanted.pop(key, None)
         else:
             self.wanted[key] = want
-        self.wakeup.set()
+        self.kick(key)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        self.bodies.pop((kind, namespace, name), None)
-        self.wanted.pop((kind, namespace, name), None)
-        self.wakeup.set()
+        key = (kind, namespace, name)
+        self.bodies.pop(key, None)
+        self.wanted.pop(key, None)
+        self.kick(key)
 
-    async def after_fresh_connection(self) -> None:
-        """A new Hypha client holds none of the old registrations: register all again."""
-        async with self.lock:
-            for registration in self.registered.values():
-                await _close(registration)
-            self.registered.clear()
-        self.wakeup.set()
+    def after_fresh_connection(self) -> None:
+        """A new Hypha client holds none of the old registrations: converge everything."""
+        for key in {*self.wanted, *self.registered}:
+            self.kick(key)
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- convergence --------------------------------------------------------------------
+
+    def kick(self, key: Key) -> None:
+        """Converge ``key`` now, or once more after the round already running for it."""
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            self._again.add(key)
+            return
+        self._tasks[key] = asyncio.create_task(self._converge(key), name=f"register {key}")
 
     async def run(self) -> None:
+        """Open the HTTP session and retry what has not converged, every few seconds."""
         self.session = aiohttp.ClientSession()
         try:
             while True:
-                with contextlib.suppress(TimeoutError):  # a periodic round retries failures
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=self.resync_seconds)
-                self.wakeup.clear()
-                await self.sync()
+                await asyncio.sleep(self.resync_seconds)
+                for key in {*self.wanted, *self.registered}:
+                    if not self._converged(key):
+                        self.kick(key)
         finally:
             await self.session.close()
 
-    async def sync(self) -> None:
-        if self.hypha.server is None:
-            return
-        async with self.lock:
-            for key in list(self.registered):
-                if self.registered[key].want != self.wanted.get(key):
-                    await self._unregister(key)
-            for key, want in list(self.wanted.items()):
-                if key not in self.registered:
-                    await self._register(key, want)
+    def _converged(self, key: Key) -> bool:
+        registration = self.registered.get(key)
+        if registration is None:
+            return key not in self.wanted
+        return (
+            registration.want == self.wanted.get(key)
+            and registration.generation == self.hypha.generation
+        )
 
-    async def _unregister(self, key: Key) -> None:
-        registration = self.registered.pop(key)
-        for service_id in registration.service_ids:
-            try:
-                await self.hypha.unregister(service_id)
-            except Exception as err:  # already gone with a dropped connection
-                logger.info("unregistering %s: %s", service_id, err)
+    async def _converge(self, key: Key) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                await self._step(key)
+                if key not in self._again:
+                    return
+        finally:
+            self._tasks.pop(key, None)
+
+    async def _step(self, key: Key) -> None:
+        if self.hypha.server is None or self.session is None:
+            return  # not connected yet: the round after connecting converges it
+        registration = self.registered.get(key)
+        if registration is not None and not self._converged(key):
+            await self._unregister(key, registration)
+        want = self.wanted.get(key)
+        if want is not None and key not in self.registered:
+            await self._register(key, want)
+
+    async def _unregister(self, key: Key, registration: Registration) -> None:
+        del self.registered[key]
+        if registration.generation == self.hypha.generation:
+            for service_id in registration.service_ids:
+                try:
+                    await asyncio.wait_for(self.hypha.unregister(service_id), timeout=10)
+                except Exception as err:  # already gone with a dropped connection
+                    logger.info("unregistering %s: %s", service_id, err)
         await _close(registration)
         logger.info("unregistered %s %s/%s", *key)
 
     async def _register(self, key: Key, want: Desired) -> None:
+        generation = self.hypha.generation
+        closers: list[TritonPair] = []
         try:
             definitions, closers = await self._build(key, want)
-            ids = [await self.hypha.register(d) for d in definitions]
-        except Exception as err:  # retried on the next round
-            logger.warning("cannot register %s %s/%s yet: %s", *key, err)
+            ids = [await asyncio.wait_for(self.hypha.register(d), timeout=30) for d in definitions]
+        except Exception as err:  # retried on a later round
+            REGISTRATION_ERRORS.labels(want.kind).inc()
+            logger.warning("cannot register %s %s/%s yet: %s", *key, err or repr(err))
+            for pair in closers:
+                await pair.close()
             return
-        self.registered[key] = Registration(want, ids, closers)
+        self.registered[key] = Registration(want, generation, ids, closers)
         logger.info("registered %s %s/%s as %s", *key, ", ".join(ids))
 
-    async def _build(self, key: Key, want: Desired) -> tuple[list[dict[str, Any]], list[Any]]:
+    async def _build(
+        self, key: Key, want: Desired
+    ) -> tuple[list[dict[str, Any]], list[TritonPair]]:
         assert self.session is not None
+        limits = self.limits
 
         def get_status() -> dict[str, Any]:
             status = (self.bodies.get(key) or {}).get("status") or {}
             return {k: status[k] for k in STATUS_FIELDS if k in status}
 
         if want.kind == "BioEngineApp":
-            client = AppClient(want.endpoints[0], self.session, self.call_timeout)
-            methods = await client.describe()
+            client = AppClient(want.endpoints[0], self.session, limits.call_timeout)
+            methods = await client.describe(limits.discovery_timeout)
             return [services.app_service(want, client, methods, get_status)], []
         if want.kind == "ModelRunner":
-            pair = TritonPair(list(want.endpoints), self.call_timeout)
+            pair = TritonPair(list(want.endpoints), limits.call_timeout)
             return [services.runner_service(want, pair, get_status)], [pair]
-        body = self.bodies[key]
-        owner = meta.Owner.from_body(body)
-        key_bytes = await asyncio.to_thread(_signing_key, owner)
-        client = DatasetClient(
+        if self.signing_key is None:
+            raise LookupError("the bridge has no dataset token signing key (--signing-key-file)")
+        dataset = DatasetClient(
             want.endpoints[0],
             want.dataset_id or want.name,
-            key_bytes,
+            self.signing_key,
             self.session,
-            self.call_timeout,
+            limits.call_timeout,
         )
-        manifest = {**body["spec"]["manifest"], "id": want.dataset_id}
+        manifest = {**self.bodies[key]["spec"]["manifest"], "id": want.dataset_id}
         return [
-            services.dataset_service(want, client, manifest, get_status),
-            services.dataset_http_service(want, client),
+            services.dataset_service(want, dataset, manifest, get_status, limits.max_read_bytes),
+            services.dataset_http_service(want, dataset),
         ], []
 
     async def close(self) -> None:
-        async with self.lock:
-            for key in list(self.registered):
-                await self._unregister(key)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for key, registration in list(self.registered.items()):
+            await self._unregister(key, registration)
+
+    def collector(self) -> Collector:
+        return _RegistryCollector(self)
+
+
+class _RegistryCollector(Collector):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "bioengine_bridge_services", "Resources registered as Hypha services.", labels=["kind"]
+        )
+        counts: dict[str, int] = {}
+        for kind, _, _ in list(self.registry.registered):
+            counts[kind] = counts.get(kind, 0) + 1
+        for kind, count in sorted(counts.items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 def _revision(body: dict[str, Any]) -> str | None:
     return (body.get("status") or {}).get("revision")
 
 
-def _signing_key(owner: meta.Owner) -> bytes:
-    secret = kube.get("v1", "Secret", owner.namespace, dataset_builder.key_secret_name(owner))
-    if secret is None:
-        raise LookupError(f"no signing key Secret for dataset {owner.namespace}/{owner.name}")
-    return base64.b64decode(secret["data"][dataset_builder.KEY_FIELD]).rstrip(b"\r\n")
-
-
 async def _close(registration: Registration) -> None:
-    for closer in registration.closers:
-        try:
-            await closer.close()
-        except Exception as err:  # closing a dead channel may fail; nothing to keep
-            logger.debug("closing a backend client: %s", err)
+    for pair in registration.closers:
+        with contextlib.suppress(Exception):  # closing a dead channel may fail; nothing to keep
+            await pair.close()

@@ -4,24 +4,46 @@
   app itself), plus ``get_status()``;
 * model runner: ``infer(model, inputs, outputs=None, version=None)``, ``list_models()``,
   ``get_model_config(model)``, ``get_status()``;
-* dataset: ``list_files(path="")``, ``read_file(path, offset=0, length=None)``,
-  ``get_manifest()``, ``get_status()``; and a second, HTTP service ``<id>-files`` (Hypha
-  type ``asgi``) at ``<hypha>/<workspace>/apps/<id>-files/files/<path>`` with Range
-  requests, which zarr and fsspec open directly with the caller's Hypha token.
+* dataset: ``list_files(path="")``, ``read_file(path, offset=0, length=None)`` (at most
+  ``max_read_bytes``), ``stream_file(path, offset=0, length=None)`` (an async generator of
+  chunks, for files of any size), ``get_manifest()``, ``get_status()``; and a second, HTTP
+  service ``<id>-files`` (Hypha type ``asgi``) at
+  ``<hypha>/<workspace>/apps/<id>-files/files/<path>`` with Range requests, which zarr and
+  fsspec open directly with the caller's Hypha token.
 
-Every function asks Hypha for the request context and checks the caller first.
+Every function asks Hypha for the request context and checks the caller first. File bodies
+pass through the bridge in chunks: memory stays bounded whatever the file size.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import prometheus_client
+
+from bioengine_operator import metrics
 from bioengine_operator.bridge import access
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired
+
+CHUNK = 2**20
+CALLS = prometheus_client.Counter(
+    "bioengine_bridge_calls",
+    "Calls to registered services, by kind, function and result (ok, denied, error).",
+    ["kind", "function", "result"],
+)
+LATENCY = prometheus_client.Histogram(
+    "bioengine_bridge_call_duration_seconds",
+    "Time from a call reaching the bridge to its answer, by kind and function.",
+    ["kind", "function"],
+    buckets=metrics.LATENCY_BUCKETS,
+)
 
 Status = Callable[[], dict[str, Any]]
 # Headers a dataset server answer keeps on its way back through Hypha.
@@ -33,6 +55,27 @@ PASSED_HEADERS = (
     "etag",
     "last-modified",
 )
+
+
+def instrumented(kind: str, name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """``fn`` counted and timed in the bridge's metrics, keeping its name and docstring."""
+
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        result = "error"
+        try:
+            answer = await fn(*args, **kwargs)
+            result = "ok"
+            return answer
+        except PermissionError:
+            result = "denied"
+            raise
+        finally:
+            CALLS.labels(kind, name, result).inc()
+            LATENCY.labels(kind, name).observe(time.monotonic() - started)
+
+    return call
 
 
 def _base(want: Desired, get_status: Status) -> dict[str, Any]:
@@ -49,7 +92,7 @@ def _base(want: Desired, get_status: Status) -> dict[str, Any]:
         "name": f"{want.name} ({want.kind})",
         "description": want.description,
         "config": config,
-        "get_status": status,
+        "get_status": instrumented(want.kind, "get_status", status),
     }
 
 
@@ -60,7 +103,7 @@ def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, str
 
     method.__name__ = name
     method.__doc__ = f"{info.get('doc') or name}\n\nSignature: {name}{info.get('signature', '')}"
-    return method
+    return instrumented(want.kind, name, method)
 
 
 def app_service(
@@ -81,7 +124,7 @@ def runner_service(want: Desired, pair: TritonPair, get_status: Status) -> dict[
             return await fn(*args, **kwargs)
 
         call.__name__, call.__doc__ = fn.__name__, fn.__doc__
-        return call
+        return instrumented(want.kind, fn.__name__, call)
 
     async def infer(
         model: str,
@@ -109,25 +152,52 @@ def runner_service(want: Desired, pair: TritonPair, get_status: Status) -> dict[
 
 
 def dataset_service(
-    want: Desired, client: DatasetClient, manifest: dict[str, Any], get_status: Status
+    want: Desired,
+    client: DatasetClient,
+    manifest: dict[str, Any],
+    get_status: Status,
+    max_read_bytes: int,
 ) -> dict[str, Any]:
     async def list_files(path: str = "", context: dict[str, Any] | None = None) -> list[Any]:
         """Files and directories under ``path`` (a zarr store is a directory)."""
         user = access.authorize(want.authorized_users, context, want.service_id)
-        status, _, body = await client.get("/files", user, params={"path": path})
+        status, body = await client.get("/files", user, params={"path": path})
         return list(_json_or_raise(status, body)["entries"])
 
     async def read_file(
         path: str, offset: int = 0, length: int | None = None, context: dict[str, Any] | None = None
     ) -> bytes:
-        """Bytes of ``path`` from ``offset``, ``length`` of them (all when None)."""
+        """Bytes of ``path`` from ``offset``, ``length`` of them (all when None); larger
+        answers than the bridge's limit are refused: use ``stream_file`` for those."""
         user = access.authorize(want.authorized_users, context, want.service_id)
-        end = "" if length is None else str(offset + length - 1)
-        headers = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
-        status, _, body = await client.get(f"/files/{path}", user, headers=headers)
-        if status not in (200, 206):
-            _json_or_raise(status, body)
-        return body
+        async with client.open(f"/files/{path}", user, headers=_range(offset, length)) as answer:
+            await _raise_for_status(answer)
+            size = answer.content_length
+            if size is not None and size > max_read_bytes:
+                raise ValueError(_too_large(path, size, max_read_bytes))
+            data = bytearray()
+            async for chunk in answer.content.iter_chunked(CHUNK):
+                data += chunk
+                if len(data) > max_read_bytes:
+                    raise ValueError(_too_large(path, len(data), max_read_bytes))
+            return bytes(data)
+
+    async def stream_file(
+        path: str, offset: int = 0, length: int | None = None, context: dict[str, Any] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Bytes of ``path`` from ``offset`` (``length`` of them, or to the end), as chunks of
+        up to 1 MiB: ``async for chunk in await ds.stream_file(path)``."""
+        user = access.authorize(want.authorized_users, context, want.service_id)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with client.open(
+                f"/files/{path}", user, headers=_range(offset, length)
+            ) as answer:
+                await _raise_for_status(answer)
+                async for chunk in answer.content.iter_chunked(CHUNK):
+                    yield chunk
+
+        return chunks()
 
     async def get_manifest(context: dict[str, Any] | None = None) -> dict[str, Any]:
         """The dataset's manifest: name, description, described files, license, tags."""
@@ -135,14 +205,16 @@ def dataset_service(
         return manifest
 
     service = _base(want, get_status)
-    service.update(list_files=list_files, read_file=read_file, get_manifest=get_manifest)
+    for fn in (list_files, read_file, stream_file, get_manifest):
+        service[fn.__name__] = instrumented(want.kind, fn.__name__, fn)
     return service
 
 
 def dataset_http_service(want: Desired, client: DatasetClient) -> dict[str, Any]:
-    """The dataset's files over HTTP (GET/HEAD with Range) as a Hypha ASGI service."""
+    """The dataset's files over HTTP (GET/HEAD with Range) as a Hypha ASGI service; bodies
+    are passed on chunk by chunk as they arrive from the dataset server."""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any, user: str) -> None:
+    async def app(scope: dict[str, Any], send: Any, user: str) -> None:
         path = scope.get("path", "/")
         method = scope.get("method", "GET")
         if method not in ("GET", "HEAD") or not path.startswith("/files"):
@@ -152,9 +224,14 @@ def dataset_http_service(want: Desired, client: DatasetClient) -> dict[str, Any]
         forward = {"Range": headers["range"]} if "range" in headers else {}
         params = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode()))
         params.pop("token", None)  # the bridge mints the dataset token itself
-        status, answer_headers, body = await client.get(path, user, headers=forward, params=params)
-        kept = {k: v for k, v in answer_headers.items() if k.lower() in PASSED_HEADERS}
-        await _respond(send, status, kept, b"" if method == "HEAD" else body)
+        async with client.open(path, user, headers=forward, params=params) as answer:
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in PASSED_HEADERS}
+            raw = [(k.lower().encode(), str(v).encode()) for k, v in kept.items()]
+            await send({"type": "http.response.start", "status": answer.status, "headers": raw})
+            if method == "GET":
+                async for chunk in answer.content.iter_chunked(CHUNK):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
 
     async def serve(args: dict[str, Any], context: dict[str, Any] | None = None) -> None:
         try:
@@ -162,10 +239,34 @@ def dataset_http_service(want: Desired, client: DatasetClient) -> dict[str, Any]
         except PermissionError as err:
             await _respond(args["send"], 403, {"content-type": "text/plain"}, str(err).encode())
             return
-        await app(args["scope"], args["receive"], args["send"], user)
+        await app(args["scope"], args["send"], user)
 
     config = _base(want, dict)["config"]
-    return {"id": f"{want.service_id}-files", "type": "asgi", "config": config, "serve": serve}
+    return {
+        "id": f"{want.service_id}-files",
+        "type": "asgi",
+        "config": config,
+        "serve": instrumented(want.kind, "http", serve),
+    }
+
+
+def _range(offset: int, length: int | None) -> dict[str, str]:
+    if not offset and length is None:
+        return {}
+    end = "" if length is None else str(offset + length - 1)
+    return {"Range": f"bytes={offset}-{end}"}
+
+
+def _too_large(path: str, size: int, limit: int) -> str:
+    return (
+        f"{path}: {size} bytes is more than read_file returns ({limit}); read it in ranges "
+        "(offset, length) or with stream_file"
+    )
+
+
+async def _raise_for_status(answer: aiohttp.ClientResponse) -> None:
+    if answer.status not in (200, 206):
+        _json_or_raise(answer.status, await answer.read())
 
 
 async def _respond(send: Any, status: int, headers: dict[str, str], body: bytes) -> None:

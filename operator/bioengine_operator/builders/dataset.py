@@ -1,14 +1,16 @@
-"""BioEngineDataset → manifest ConfigMap, dataset server Deployment and Service.
+"""BioEngineDataset → a ConfigMap, the dataset server Deployment and its Service.
 
 The server (:mod:`bioengine_operator.dataserver`, same image as the operator) mounts the
-files read-only and checks signed tokens with a per-dataset key; the Secret holding that
-key is created once by the handler (random bytes are not a pure function's business) and
-read by the bridge to mint tokens for the users it authenticated.
+files read-only and checks tokens against the public key of the bridge's signing key. The
+ConfigMap holds the manifest and that public key; the operator never holds or reads a
+secret for a dataset (the private key stays with the bridge).
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+from collections.abc import Sequence
 from typing import Any
 
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
@@ -17,21 +19,24 @@ from bioengine_operator.builders import meta
 COMPONENT = "dataset-server"
 PORT = 8080
 DATA_DIR = "/data"
-MANIFEST_DIR = "/etc/bioengine"
-KEY_DIR = "/var/run/bioengine"
-KEY_FIELD = "signing-key"
+CONFIG_DIR = "/etc/bioengine"
+MANIFEST_FILE, PUBLIC_KEY_FILE = "manifest.json", "token-public-key.pem"
 
 
 class UnsupportedSource(ValueError):
-    """A source the schema accepts but this operator version cannot serve."""
+    """A source the schema accepts but this operator cannot (or may not) serve."""
+
+    reason = "InvalidSpec"
+
+
+class HostPathNotAllowed(UnsupportedSource):
+    """A hostPath outside the directories the cluster admin allowed (or none allowed)."""
+
+    reason = "HostPathNotAllowed"
 
 
 def server_name(owner: meta.Owner) -> str:
     return f"{owner.name}-dataset"
-
-
-def key_secret_name(owner: meta.Owner) -> str:
-    return f"{owner.name}-dataset-key"
 
 
 def manifest_document(owner: meta.Owner, spec: BioEngineDatasetSpec) -> dict[str, Any]:
@@ -40,68 +45,92 @@ def manifest_document(owner: meta.Owner, spec: BioEngineDatasetSpec) -> dict[str
     return document
 
 
-def volume(spec: BioEngineDatasetSpec) -> tuple[dict[str, Any], str]:
+def host_path_allowed(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``path`` is one of ``prefixes`` or below one (after normalizing ``..``)."""
+    normal = posixpath.normpath(path)
+    return any(
+        normal == root or normal.startswith(root.rstrip("/") + "/")
+        for root in (posixpath.normpath(p) for p in prefixes)
+    )
+
+
+def volume(
+    spec: BioEngineDatasetSpec, host_path_prefixes: Sequence[str]
+) -> tuple[dict[str, Any], str]:
     """Read-only volume source of the files and the sub-path inside it."""
     source = spec.source
     if source.pvc is not None:
         claim = {"claimName": source.pvc.claim_name, "readOnly": True}
         return {"persistentVolumeClaim": claim}, source.pvc.sub_path
     if source.host_path is not None:
-        return {"hostPath": {"path": source.host_path.path, "type": "Directory"}}, ""
+        path = source.host_path.path
+        if not host_path_allowed(path, host_path_prefixes):
+            allowed = ", ".join(host_path_prefixes) or "none (the operator's --host-path-prefix)"
+            raise HostPathNotAllowed(
+                f"hostPath {path} is not under a directory this cluster allows for datasets: "
+                f"{allowed}"
+            )
+        return {"hostPath": {"path": path, "type": "Directory"}}, ""
     raise UnsupportedSource(
         "S3 dataset sources are not served by this operator version; use a PVC or hostPath"
     )
 
 
-def key_secret(owner: meta.Owner, key: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": meta.metadata(owner, key_secret_name(owner), COMPONENT),
-        "stringData": {KEY_FIELD: key},
-    }
+def config_map_name(owner: meta.Owner) -> str:
+    return f"{owner.name}-dataset"
 
 
-def manifest_config_map(owner: meta.Owner, spec: BioEngineDatasetSpec) -> dict[str, Any]:
-    document = json.dumps(manifest_document(owner, spec), indent=2, sort_keys=True)
+def config_map(
+    owner: meta.Owner, spec: BioEngineDatasetSpec, public_key: str | None
+) -> dict[str, Any]:
+    data = {MANIFEST_FILE: json.dumps(manifest_document(owner, spec), indent=2, sort_keys=True)}
+    if public_key:
+        data[PUBLIC_KEY_FILE] = public_key
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": meta.metadata(owner, f"{owner.name}-dataset-manifest", COMPONENT),
-        "data": {"manifest.json": document},
+        "metadata": meta.metadata(owner, config_map_name(owner), COMPONENT),
+        "data": data,
     }
 
 
-def deployment(owner: meta.Owner, spec: BioEngineDatasetSpec, image: str) -> dict[str, Any]:
-    source, sub_path = volume(spec)
+def deployment(
+    owner: meta.Owner,
+    spec: BioEngineDatasetSpec,
+    image: str,
+    host_path_prefixes: Sequence[str],
+    public_key: str | None,
+) -> dict[str, Any]:
+    source, sub_path = volume(spec, host_path_prefixes)
     data_mount: dict[str, Any] = {"name": "data", "mountPath": DATA_DIR, "readOnly": True}
     if sub_path:
         data_mount["subPath"] = sub_path
     scratch, scratch_mounts = meta.scratch_volumes(shm_limit="64Mi")
     selector = {f"{meta.PREFIX}/bioenginedataset": owner.name, "app.kubernetes.io/name": COMPONENT}
-    # Roll the pods when the manifest changes: it is read once at start.
-    manifest_hash = meta.digest(manifest_document(owner, spec))
+    # Roll the pods when the manifest or the key changes: both are read once at start.
+    config_hash = meta.digest(config_map(owner, spec, public_key)["data"])
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    command = [
+        "bioengine-dataserver",
+        f"--root={DATA_DIR}",
+        f"--manifest={CONFIG_DIR}/{MANIFEST_FILE}",
+        "--host=0.0.0.0",
+        f"--port={PORT}",
+        "--log-format=json",
+    ]
+    if public_key:
+        command.append(f"--token-public-key-file={CONFIG_DIR}/{PUBLIC_KEY_FILE}")
     container = {
         "name": "server",
         "image": spec.image or image,
-        "command": [
-            "bioengine-dataserver",
-            f"--root={DATA_DIR}",
-            f"--manifest={MANIFEST_DIR}/manifest.json",
-            f"--signing-key-file={KEY_DIR}/{KEY_FIELD}",
-            "--host=0.0.0.0",
-            f"--port={PORT}",
-        ],
+        "command": command,
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 3},
         "resources": meta.resources("250m", "256Mi"),
         "volumeMounts": [
             data_mount,
-            {"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": True},
-            {"name": "key", "mountPath": KEY_DIR, "readOnly": True},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             *scratch_mounts,
         ],
         "securityContext": meta.container_security_context(),
@@ -116,17 +145,16 @@ def deployment(owner: meta.Owner, spec: BioEngineDatasetSpec, image: str) -> dic
             "template": {
                 "metadata": {
                     "labels": {**meta.labels(owner, COMPONENT), **selector},
-                    "annotations": {f"{meta.PREFIX}/manifest-hash": manifest_hash},
+                    "annotations": {
+                        f"{meta.PREFIX}/config-hash": config_hash,
+                        **meta.scrape_annotations(PORT),
+                    },
                 },
                 "spec": {
                     "containers": [container],
                     "volumes": [
                         {"name": "data", **source},
-                        {
-                            "name": "manifest",
-                            "configMap": {"name": f"{owner.name}-dataset-manifest"},
-                        },
-                        {"name": "key", "secret": {"secretName": key_secret_name(owner)}},
+                        {"name": "config", "configMap": {"name": config_map_name(owner)}},
                         *scratch,
                     ],
                     "nodeSelector": dict(spec.node_selector),
@@ -138,6 +166,21 @@ def deployment(owner: meta.Owner, spec: BioEngineDatasetSpec, image: str) -> dic
             },
         },
     }
+
+
+def children(
+    owner: meta.Owner,
+    spec: BioEngineDatasetSpec,
+    image: str,
+    host_path_prefixes: Sequence[str],
+    public_key: str | None,
+) -> list[dict[str, Any]]:
+    """The whole desired set; raises :class:`UnsupportedSource` for a source it cannot serve."""
+    return [
+        config_map(owner, spec, public_key),
+        deployment(owner, spec, image, host_path_prefixes, public_key),
+        service(owner),
+    ]
 
 
 def service(owner: meta.Owner) -> dict[str, Any]:

@@ -81,6 +81,15 @@ def digest(value: Any, length: int = 10) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
+def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
+    """The conventional annotations by which Prometheus finds a pod's metrics."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": path,
+    }
+
+
 def pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,

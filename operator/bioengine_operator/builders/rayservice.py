@@ -229,6 +229,13 @@ def ray_service(
     }
 
 
+def children(
+    owner: meta.Owner, spec: BioEngineAppSpec, datasets: list[MountedDataset]
+) -> list[dict[str, Any]]:
+    """The whole desired set: the entry ConfigMap and the RayService."""
+    return [entry_config_map(owner, spec), ray_service(owner, spec, datasets)]
+
+
 def serve_endpoint(owner: meta.Owner) -> str:
     """KubeRay's Serve Service for a RayService is ``<name>-serve-svc``."""
     return f"http://{owner.name}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}{route_prefix(owner)}"

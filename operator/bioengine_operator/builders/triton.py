@@ -3,31 +3,36 @@
 Both colors serve in steady state; the Service selects the runner's pods of either color and
 Kubernetes routes only to Ready ones. Each color's Deployment uses the Recreate strategy:
 a color is replaced in place, never surged, so a runner never holds more pods (or GPUs)
-than ``2 x replicas``. Which color may change when is decided in :mod:`bluegreen`.
+than ``2 x replicas``. Which color may change when is decided in :mod:`bluegreen`, from the
+revision: a hash of the pod templates this module renders, as Kubernetes' Deployment
+controller hashes a pod template (``pod-template-hash``), so that anything that changes a
+pod, from the spec, the model ConfigMap or the operator itself, is a new revision.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any
 
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
+from bioengine_operator.bluegreen import COLORS, Color
 from bioengine_operator.builders import meta
 
-Color = Literal["blue", "green"]
-COLORS: tuple[Color, Color] = ("blue", "green")
 COMPONENT = "model-runner"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 REPO_MOUNT = "/models"
 COLOR_LABEL = f"{meta.PREFIX}/color"
 REVISION_LABEL = f"{meta.PREFIX}/revision"
+REPOSITORY_ANNOTATION = f"{meta.PREFIX}/model-repository-hash"
 
 
-def revision(spec: ModelRunnerSpec) -> str:
-    """Hash of everything that shapes a pod; scaling and Hypha settings do not roll pods."""
-    shaping = spec.dump()
-    for field in ("replicas", "service"):
-        shaping.pop(field, None)
-    return meta.digest(shaping)
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Everything besides the spec that shapes a runner's pods, as the reconciler found it."""
+
+    triton_image: str  # the operator's default, for runners that name no image
+    config_map_keys: tuple[str, ...] = ()  # keys of a ConfigMap repository
+    config_map_hash: str | None = None  # digest of its content: a changed model rolls pods
 
 
 def deployment_name(owner: meta.Owner, color: Color) -> str:
@@ -85,16 +90,12 @@ def triton_args(spec: ModelRunnerSpec, repository: str) -> list[str]:
     ]
 
 
-def deployment(
-    owner: meta.Owner,
-    spec: ModelRunnerSpec,
-    color: Color,
-    config_map_keys: tuple[str, ...] = (),
+def pod_template(
+    owner: meta.Owner, spec: ModelRunnerSpec, inputs: Inputs, color: Color
 ) -> dict[str, Any]:
-    rev = revision(spec)
-    repository, volumes, mounts, env_from = model_repository(spec, config_map_keys)
+    """The pod template of one color, without its revision label (the revision hashes it)."""
+    repository, volumes, mounts, env_from = model_repository(spec, inputs.config_map_keys)
     scratch, scratch_mounts = meta.scratch_volumes()
-    pod_labels = {**selector(owner), COLOR_LABEL: color, REVISION_LABEL: rev}
     other_color = {
         "labelSelector": {
             "matchLabels": selector(owner),
@@ -112,9 +113,9 @@ def deployment(
         }
     )
     probe_port = {"port": "http"}
-    container = {
+    container: dict[str, Any] = {
         "name": "triton",
-        "image": spec.image,
+        "image": spec.image or inputs.triton_image,
         "args": triton_args(spec, repository),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT},
@@ -142,6 +143,35 @@ def deployment(
     }
     if env_from:
         container["envFrom"] = env_from
+    annotations = dict(spec.pod_annotations)
+    if inputs.config_map_hash is not None:
+        annotations[REPOSITORY_ANNOTATION] = inputs.config_map_hash
+    return {
+        "metadata": {"labels": {**selector(owner), COLOR_LABEL: color}, "annotations": annotations},
+        "spec": {
+            "containers": [container],
+            "volumes": [*volumes, *scratch],
+            "affinity": {"podAntiAffinity": affinity},
+            "nodeSelector": dict(spec.node_selector),
+            "tolerations": meta.tolerations(spec.tolerations, spec.resources.gpu),
+            "securityContext": meta.pod_security_context(),
+            "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 30,
+        },
+    }
+
+
+def revision(owner: meta.Owner, spec: ModelRunnerSpec, inputs: Inputs) -> str:
+    """Hash of both colors' pod templates: replica counts and Hypha settings roll no pod."""
+    return meta.digest([pod_template(owner, spec, inputs, color) for color in COLORS])
+
+
+def deployment(
+    owner: meta.Owner, spec: ModelRunnerSpec, inputs: Inputs, color: Color, rev: str
+) -> dict[str, Any]:
+    template = pod_template(owner, spec, inputs, color)
+    template["metadata"]["labels"][REVISION_LABEL] = rev
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -157,22 +187,27 @@ def deployment(
             # needs no extra GPU; the other color serves meanwhile.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {**selector(owner), COLOR_LABEL: color}},
-            "template": {
-                "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},
-                "spec": {
-                    "containers": [container],
-                    "volumes": [*volumes, *scratch],
-                    "affinity": {"podAntiAffinity": affinity},
-                    "nodeSelector": dict(spec.node_selector),
-                    "tolerations": meta.tolerations(spec.tolerations, spec.resources.gpu),
-                    "securityContext": meta.pod_security_context(),
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 30,
-                },
-            },
+            "template": template,
         },
     }
+
+
+def children(
+    owner: meta.Owner,
+    spec: ModelRunnerSpec,
+    inputs: Inputs,
+    rev: str,
+    moving: tuple[Color, ...],
+) -> list[dict[str, Any]]:
+    """The whole desired set: the Deployments of the colors ``moving`` to (or staying at)
+    revision ``rev`` (a color left out keeps its Deployment untouched), the Services and
+    the PodDisruptionBudget."""
+    return [
+        *(deployment(owner, spec, inputs, color, rev) for color in moving),
+        service(owner),
+        *(color_service(owner, color) for color in COLORS),
+        pod_disruption_budget(owner, spec),
+    ]
 
 
 def service(owner: meta.Owner) -> dict[str, Any]:

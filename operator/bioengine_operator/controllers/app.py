@@ -28,10 +28,11 @@ DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
 
 
 def resolve_datasets(
-    owner: meta.Owner, names: list[str]
+    owner: meta.Owner, names: list[str], host_path_prefixes: tuple[str, ...]
 ) -> tuple[list[rayservice.MountedDataset], list[str]]:
     """The app's datasets as mounts, and the names that do not exist."""
-    found, missing = [], []
+    found: list[rayservice.MountedDataset] = []
+    missing: list[str] = []
     for name in names:
         body = kube.get(*DATASET_API, owner.namespace, name)
         if body is None:
@@ -39,9 +40,11 @@ def resolve_datasets(
             continue
         ds_owner = meta.Owner.from_body(body)
         spec = BioEngineDatasetSpec.model_validate(body["spec"])
+        volume: dict[str, Any] | None
         try:
-            volume, sub_path = dataset_builder.volume(spec)
+            volume, sub_path = dataset_builder.volume(spec, host_path_prefixes)
         except dataset_builder.UnsupportedSource:
+            # Not mountable here (the app still reaches it through its dataset server).
             volume, sub_path = None, ""
         found.append(
             rayservice.MountedDataset(name, dataset_builder.endpoint(ds_owner), volume, sub_path)
@@ -56,7 +59,7 @@ def _parse_time(text: str) -> datetime.datetime:
 def mirrored_conditions(ray_service: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     if ray_service is None:
         return [("RayServiceReady", "Unknown", "NotCreated", "the RayService does not exist yet")]
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     for cond in (ray_service.get("status") or {}).get("conditions") or []:
         out.append(
             (
@@ -76,10 +79,10 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
     owner = meta.Owner.from_body(body)
     old_status = body.get("status") or {}
 
-    datasets, missing = resolve_datasets(owner, spec.datasets)
+    datasets, missing = resolve_datasets(owner, spec.datasets, ctx.settings.host_path_prefixes)
     if missing:
         message = f"datasets not found in namespace {owner.namespace}: {', '.join(missing)}"
-        outcome = Outcome(
+        return Outcome(
             common_status(
                 body,
                 ctx,
@@ -88,15 +91,14 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
                 message=message,
                 phase="Pending",
                 summary="False",
-                extra_conditions=[("DatasetsResolved", False, "DatasetNotFound", message)],
+                extra_conditions=(("DatasetsResolved", False, "DatasetNotFound", message),),
             )
         )
-        outcome.retry_in, outcome.retry_reason = ctx.settings.resync_seconds, message
-        return outcome
 
-    kube.apply(rayservice.entry_config_map(owner, spec))
-    kube.apply(rayservice.ray_service(owner, spec, datasets))
     live = kube.get("ray.io/v1", "RayService", owner.namespace, owner.name)
+    kube.apply_owned(
+        rayservice.children(owner, spec, datasets), owner.uid, {("RayService", owner.name): live}
+    )
     mirrored = mirrored_conditions(live)
     ready = any(t == "RayServiceReady" and s == "True" for t, s, _, _ in mirrored)
 
@@ -133,13 +135,16 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
             message=message,
             phase=phase,
             summary="True" if ready else "False",
-            extra_conditions=[
+            extra_conditions=(
                 ("DatasetsResolved", True, "Resolved", f"{len(datasets)} dataset(s) mounted"),
                 ("Stuck", stuck, reason if stuck else "Progressing", message if stuck else ""),
                 *mirrored,
-            ],
+            ),
         )
     )
+    if not ready and not stuck:
+        # Look again when the app would become Stuck (the resync may come later than that).
+        outcome.requeue_in = spec.init_timeout_seconds - waited + 1
     outcome.status.update(
         {
             "rayServiceName": owner.name,

@@ -1,8 +1,7 @@
-"""Reconcile a BioEngineDataset: signing key, manifest, dataset server and its Service."""
+"""Reconcile a BioEngineDataset: its ConfigMap, dataset server and Service."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
@@ -13,7 +12,7 @@ from bioengine_operator.controllers.outcome import (
     Context,
     Outcome,
     common_status,
-    invalid_spec,
+    failed,
     with_spec,
 )
 
@@ -21,23 +20,19 @@ from bioengine_operator.controllers.outcome import (
 @with_spec(BioEngineDatasetSpec)
 def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineDatasetSpec) -> Outcome:
     owner = meta.Owner.from_body(body)
+    settings = ctx.settings
     try:
-        server = builder.deployment(owner, spec, ctx.settings.image)
+        children = builder.children(
+            owner, spec, settings.image, settings.host_path_prefixes, settings.token_public_key
+        )
     except builder.UnsupportedSource as err:
-        return invalid_spec(body, ctx, err)
+        return failed(body, ctx, err.reason, str(err))
 
-    # The key is made once and never rotated by a reconcile: tokens already handed out
-    # stay valid until they expire. Delete the Secret to rotate it.
-    if kube.create_if_missing(builder.key_secret(owner, secrets.token_hex(32))):
-        outcome_events = [("Normal", "SigningKeyCreated", "created the token signing key")]
-    else:
-        outcome_events = []
-    kube.apply(builder.manifest_config_map(owner, spec))
-    kube.apply(server)
-    kube.apply(builder.service(owner))
+    name = builder.server_name(owner)
+    live = kube.get("apps/v1", "Deployment", owner.namespace, name)
+    kube.apply_owned(children, owner.uid, {("Deployment", name): live})
 
-    live = kube.get("apps/v1", "Deployment", owner.namespace, builder.server_name(owner)) or {}
-    ready_replicas = (live.get("status") or {}).get("readyReplicas", 0)
+    ready_replicas = ((live or {}).get("status") or {}).get("readyReplicas", 0)
     ready = ready_replicas >= spec.replicas
     phase = "Ready" if ready else ("Degraded" if ready_replicas else "Deploying")
     outcome = Outcome(
@@ -49,8 +44,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineDatasetSpec) ->
             message=f"{ready_replicas}/{spec.replicas} dataset server pods ready",
             phase=phase,
             summary=f"{ready_replicas}/{spec.replicas}",
-        ),
-        events=outcome_events,
+        )
     )
     outcome.status.update({"endpoint": builder.endpoint(owner), "readyReplicas": ready_replicas})
     return outcome

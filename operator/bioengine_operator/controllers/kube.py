@@ -1,15 +1,27 @@
-"""The few Kubernetes API calls the reconcilers make, on the official client.
+"""The few Kubernetes API calls the reconcilers make, on the official client's ApiClient.
 
 Children are written with server-side apply under one field manager: applying the same
 desired object twice is a no-op (the generation does not move), a field someone changed
 by hand is set back, and fields other controllers own (status, defaults) are left alone.
 That makes every reconcile idempotent without comparing objects ourselves.
+
+Three rules keep user input from steering a request somewhere else:
+
+* names and namespaces reach a URL only as path parameters, which the client percent-escapes
+  (a name such as ``../secrets/x`` stays one path segment, and the server refuses it);
+* bodies are UTF-8 JSON, never ASCII-escaped: JSON is also YAML, but YAML has no surrogate
+  pairs, so an escaped emoji in an apply patch would be refused;
+* a child is applied only if its name is free or already controlled by the same owner
+  (:func:`apply_owned`): one resource never takes over another's object.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import secrets
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -20,8 +32,9 @@ FIELD_MANAGER = "bioengine-operator"
 # (apiVersion, kind) -> plural. Only what the operator reads or writes.
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Secret"): "secrets",
     ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("ray.io/v1", "RayService"): "rayservices",
@@ -29,9 +42,42 @@ PLURALS = {
     ("bioengine.bioimage.io/v1alpha1", "ModelRunner"): "modelrunners",
     ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset"): "bioenginedatasets",
 }
+REQUEST_TIMEOUT = 30
+
+Object = dict[str, Any]
+Key = tuple[str, str]  # (kind, name) of a child in the owner's namespace
 
 _client: client.ApiClient | None = None
 _client_lock = threading.Lock()
+
+
+class NameConflict(Exception):
+    """A child's name is taken by an object the resource does not control."""
+
+    def __init__(self, kind: str, name: str, holder: str) -> None:
+        super().__init__(f"{kind} {name!r} already exists and {holder}")
+        self.kind, self.name, self.holder = kind, name, holder
+
+
+def configure(pool_size: int) -> None:
+    """Size the connection pool to the number of reconcile workers (call before the first use).
+
+    urllib3 otherwise keeps 4 connections per host, and busy workers log "Connection pool is
+    full" and reconnect for every request.
+    """
+    global _client
+    with _client_lock:
+        _client = _new_client(pool_size)
+
+
+def _new_client(pool_size: int) -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
 
 
 def api() -> client.ApiClient:
@@ -39,81 +85,161 @@ def api() -> client.ApiClient:
     global _client
     with _client_lock:
         if _client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            _client = client.ApiClient()
+            _client = _new_client(8)
         return _client
 
 
-def path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+def _resource_path(api_version: str, kind: str, named: bool) -> str:
     plural = PLURALS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    out = f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{out}/{name}" if name else out
+    path = f"{prefix}/namespaces/{{namespace}}/{plural}"
+    return f"{path}/{{name}}" if named else path
 
 
 def _call(
     method: str,
-    url: str,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str | None = None,
     *,
-    body: Any = None,
+    subresource: str = "",
+    body: Object | bytes | None = None,
     query: list[tuple[str, str]] | None = None,
     content_type: str = "application/json",
 ) -> Any:
     client_ = api()
+    path = _resource_path(api_version, kind, name is not None) + subresource
+    params = {"namespace": namespace} if name is None else {"namespace": namespace, "name": name}
     request = client_.param_serialize(
         method,
-        url,
+        path,
+        path_params=params,
         query_params=query or [],
         header_params={"Content-Type": content_type, "Accept": "application/json"},
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = client_.call_api(*request, _request_timeout=30)
+    response = client_.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
     response.read()
     if not 200 <= response.status < 300:
         raise ApiException(http_resp=response)
     return json.loads(response.data) if response.data else None
 
 
-def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+def get(api_version: str, kind: str, namespace: str, name: str) -> Object | None:
     try:
-        return _call("GET", path(api_version, kind, namespace, name))  # type: ignore[no-any-return]
+        return _call("GET", api_version, kind, namespace, name)  # type: ignore[no-any-return]
     except ApiException as err:
         if err.status == 404:
             return None
         raise
 
 
-def apply(obj: dict[str, Any]) -> dict[str, Any]:
+def list_(api_version: str, kind: str, namespace: str, selector: Mapping[str, str]) -> list[Object]:
+    """Objects of ``kind`` in ``namespace`` whose labels match ``selector`` (all equal)."""
+    label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    found = _call("GET", api_version, kind, namespace, query=[("labelSelector", label_selector)])
+    return list(found.get("items") or [])
+
+
+def controller_of(obj: Object) -> Mapping[str, Any] | None:
+    """The ownerReference marked ``controller``, if any."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def check_owner(live: Object | None, owner_uid: str) -> None:
+    """Raise :class:`NameConflict` unless ``live`` is absent or controlled by ``owner_uid``."""
+    if live is None:
+        return
+    ref = controller_of(live)
+    if ref is not None and ref.get("uid") == owner_uid:
+        return
+    holder = (
+        f"is controlled by {ref.get('kind')} {ref.get('name')!r}"
+        if ref is not None
+        else "is not managed by the operator"
+    )
+    raise NameConflict(live.get("kind", "object"), live["metadata"]["name"], holder)
+
+
+def apply(obj: Object) -> Object:
     """Server-side apply ``obj`` as the operator's field manager, taking over conflicts."""
     meta = obj["metadata"]
-    url = path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
     return _call(  # type: ignore[no-any-return]
         "PATCH",
-        url,
-        body=json.dumps(obj),  # sent as is: JSON is YAML
+        obj["apiVersion"],
+        obj["kind"],
+        meta["namespace"],
+        meta["name"],
+        # Serialized here: the client would ASCII-escape it (see the module docstring).
+        body=json.dumps(obj, ensure_ascii=False).encode(),
         query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         content_type="application/apply-patch+yaml",
     )
 
 
-def create_if_missing(obj: dict[str, Any]) -> bool:
-    """Create ``obj`` unless it exists (for objects whose content must never be replaced)."""
-    meta = obj["metadata"]
-    try:
-        _call("POST", path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj)
-    except ApiException as err:
-        if err.status == 409:
-            return False
-        raise
-    return True
-
-
-def patch_status(
-    api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+def apply_owned(
+    children: Iterable[Object], owner_uid: str, known: Mapping[Key, Object | None] | None = None
 ) -> None:
-    url = path(api_version, kind, namespace, name) + "/status"
-    _call("PATCH", url, body={"status": status}, content_type="application/merge-patch+json")
+    """Apply every child, after checking that none of their names is taken by someone else.
+
+    ``known`` holds children the caller has just read (by kind and name), so they are not
+    read twice. Either every child is applied or, on a conflict, none is.
+    """
+    children = list(children)
+    known = known or {}
+    for child in children:
+        key = (child["kind"], child["metadata"]["name"])
+        live = (
+            known[key]
+            if key in known
+            else get(child["apiVersion"], child["kind"], child["metadata"]["namespace"], key[1])
+        )
+        check_owner(live, owner_uid)
+    for child in children:
+        apply(child)
+
+
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: Object) -> Object:
+    """Merge ``status`` into the object's status; returns the object as written."""
+    return _call(  # type: ignore[no-any-return]
+        "PATCH",
+        api_version,
+        kind,
+        namespace,
+        name,
+        subresource="/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def post_event(obj: Object, type_: str, reason: str, message: str) -> None:
+    """Record a core/v1 Event about ``obj`` (what ``kubectl describe`` shows)."""
+    meta = obj["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}"},
+        "involvedObject": {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    _call("POST", "v1", "Event", meta["namespace"], body=event)

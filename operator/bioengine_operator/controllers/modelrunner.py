@@ -1,109 +1,153 @@
-"""Reconcile a ModelRunner: observe both colors, plan the next blue/green step, apply it."""
+"""Reconcile a ModelRunner: observe both colors, plan the next blue/green step, apply it.
+
+observe (the model ConfigMap, both Deployments, the runner's pods) → :func:`step` (pure:
+revision, plan, the whole desired set) → apply the set → status.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from bioengine_operator import bluegreen
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
 from bioengine_operator.builders import meta, triton
 from bioengine_operator.controllers import kube
-from bioengine_operator.controllers.outcome import (
-    Context,
-    Outcome,
-    common_status,
-    with_spec,
-)
+from bioengine_operator.controllers.outcome import Context, Outcome, common_status, with_spec
+
+Object = dict[str, Any]
 
 
-def observe(deployment: dict[str, Any] | None) -> bluegreen.Observed:
-    """A color is settled when its controller saw the latest template and every pod of it,
-    and only of it, is Ready."""
+def _pod_ready(pod: Object) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def observe(deployment: Object | None, pods: list[Object]) -> bluegreen.Observed:
+    """A color from its Deployment and its pods (the pods of this color only).
+
+    Pods are counted, not the Deployment's status: right after a template change the status
+    still reports the old pods Ready, and they are about to go.
+    """
     if deployment is None:
         return bluegreen.ABSENT
-    want = deployment["spec"].get("replicas", 1)
-    status = deployment.get("status") or {}
-    ready = status.get("readyReplicas", 0)
-    settled = (
-        status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
-        and status.get("updatedReplicas", 0) == want
-        and status.get("replicas", 0) == want
-        and ready == want
-    )
     revision = deployment["metadata"].get("labels", {}).get(triton.REVISION_LABEL)
-    return bluegreen.Observed(True, revision, settled, ready)
+    wanted = deployment["spec"].get("replicas", 1)
+    current = [
+        p for p in pods if p["metadata"].get("labels", {}).get(triton.REVISION_LABEL) == revision
+    ]
+    ready = sum(_pod_ready(p) for p in current)
+    settled = len(pods) == len(current) == ready == wanted
+    return bluegreen.Observed(True, revision, ready, settled)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    revision: str
+    plan: bluegreen.Plan
+    observed: dict[bluegreen.Color, bluegreen.Observed]
+    children: list[Object]
+
+
+def step(
+    owner: meta.Owner,
+    spec: ModelRunnerSpec,
+    inputs: triton.Inputs,
+    deployments: Mapping[bluegreen.Color, Object | None],
+    pods: list[Object],
+) -> Step:
+    """What to apply now, from what was observed (no I/O)."""
+    rev = triton.revision(owner, spec, inputs)
+    observed = {
+        color: observe(
+            deployments[color],
+            [p for p in pods if p["metadata"].get("labels", {}).get(triton.COLOR_LABEL) == color],
+        )
+        for color in bluegreen.COLORS
+    }
+    plan = bluegreen.plan(rev, observed)
+    moving = tuple(c for c, target in plan.targets.items() if target is not None)
+    return Step(rev, plan, observed, triton.children(owner, spec, inputs, rev, moving))
+
+
+def repository_inputs(
+    owner: meta.Owner, spec: ModelRunnerSpec, ctx: Context
+) -> triton.Inputs | None:
+    """What the model repository adds to the pods; None when its ConfigMap is missing."""
+    if spec.model_repository.config_map is None:
+        return triton.Inputs(ctx.settings.triton_image)
+    config_map = kube.get("v1", "ConfigMap", owner.namespace, spec.model_repository.config_map.name)
+    if config_map is None:
+        return None
+    content = {
+        "data": config_map.get("data") or {},
+        "binaryData": config_map.get("binaryData") or {},
+    }
+    keys = tuple(sorted({**content["data"], **content["binaryData"]}))
+    return triton.Inputs(ctx.settings.triton_image, keys, meta.digest(content))
 
 
 @with_spec(ModelRunnerSpec)
-def reconcile(body: dict[str, Any], ctx: Context, spec: ModelRunnerSpec) -> Outcome:
+def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
     owner = meta.Owner.from_body(body)
-
-    keys: tuple[str, ...] = ()
-    if spec.model_repository.config_map is not None:
-        name = spec.model_repository.config_map.name
-        config_map = kube.get("v1", "ConfigMap", owner.namespace, name)
-        if config_map is None:
-            message = f"ConfigMap {name!r} with the model repository does not exist"
-            outcome = Outcome(
-                common_status(
-                    body,
-                    ctx,
-                    ready=False,
-                    reason="RepositoryNotFound",
-                    message=message,
-                    phase="Pending",
-                    summary="0/0",
-                )
+    inputs = repository_inputs(owner, spec, ctx)
+    if inputs is None:
+        name = spec.model_repository.config_map.name  # type: ignore[union-attr]
+        message = f"ConfigMap {name!r} with the model repository does not exist"
+        return Outcome(
+            common_status(
+                body,
+                ctx,
+                ready=False,
+                reason="RepositoryNotFound",
+                message=message,
+                phase="Pending",
+                summary="0/0",
             )
-            outcome.retry_in, outcome.retry_reason = ctx.settings.resync_seconds, message
-            return outcome
-        keys = tuple(sorted((config_map.get("data") or {}) | (config_map.get("binaryData") or {})))
+        )
 
-    desired = triton.revision(spec)
-    live = {
-        c: kube.get("apps/v1", "Deployment", owner.namespace, triton.deployment_name(owner, c))
-        for c in bluegreen.COLORS
-    }
-    observed = {color: observe(dep) for color, dep in live.items()}
-    step = bluegreen.plan(desired, observed)
-
+    names = {c: triton.deployment_name(owner, c) for c in bluegreen.COLORS}
+    live = {c: kube.get("apps/v1", "Deployment", owner.namespace, n) for c, n in names.items()}
+    pods = kube.list_("v1", "Pod", owner.namespace, triton.selector(owner))
+    now = step(owner, spec, inputs, live, pods)
     outcome = Outcome({})
-    for color, target in step.targets.items():
-        if target is None:
-            continue  # this color keeps serving its old revision for now
-        if observed[color].exists and observed[color].revision != target:
+    for color, target in now.plan.targets.items():
+        if (
+            target is not None
+            and now.observed[color].exists
+            and now.observed[color].revision != target
+        ):
             outcome.event("UpdatingColor", f"rolling {color} to revision {target}")
-        kube.apply(triton.deployment(owner, spec, color, keys))
-    kube.apply(triton.service(owner))
-    for color in bluegreen.COLORS:
-        kube.apply(triton.color_service(owner, color))
-    kube.apply(triton.pod_disruption_budget(owner, spec))
+    known = {("Deployment", names[c]): live[c] for c in bluegreen.COLORS}
+    kube.apply_owned(now.children, owner.uid, known)
 
-    total = 2 * spec.replicas
-    ready = sum(o.ready_replicas for o in observed.values())
+    ready = sum(o.ready for o in now.observed.values())
     outcome.status = common_status(
         body,
         ctx,
-        ready=step.phase == "Ready",
-        reason=step.reason,
-        message=step.message,
-        phase=step.phase,
-        summary=f"{ready}/{total}",
-        extra_conditions=[
-            ("UpdateInProgress", step.updating is not None, step.reason, step.message)
-        ],
+        ready=now.plan.phase == "Ready",
+        reason=now.plan.reason,
+        message=now.plan.message,
+        phase=now.plan.phase,
+        summary=f"{ready}/{2 * spec.replicas}",
+        extra_conditions=(
+            ("UpdateInProgress", now.plan.updating is not None, now.plan.reason, now.plan.message),
+        ),
     )
     outcome.status.update(
         {
-            "revision": desired,
-            "updatingColor": step.updating,
+            "revision": now.revision,
+            "updatingColor": now.plan.updating,
             "models": list(spec.models),
             "endpoint": triton.grpc_endpoint(owner),
             **{
                 color: {
-                    "revision": observed[color].revision,
+                    "revision": now.observed[color].revision,
                     "replicas": (live[color] or {}).get("spec", {}).get("replicas", 0),
-                    "readyReplicas": observed[color].ready_replicas,
+                    "readyReplicas": now.observed[color].ready,
                 }
                 for color in bluegreen.COLORS
             },

@@ -1,10 +1,11 @@
-"""What one reconcile produced, and how it is written back: status, Events, retry.
+"""What one reconcile produced, and how it is written back: status and Events.
 
 A reconciler is ``(body, context) -> Outcome``: it reads and applies children itself but
-never touches the owner's status. This module writes the status only when it changed,
+never touches the owner's status. :func:`run` writes the status only when it changed,
 posts an Event when the phase changes (and any the reconciler asked for), and turns a
-temporary problem into a kopf retry. The same path serves kopf's change handlers, the
-periodic resync and child-object events, under one lock per object.
+child name taken by another object into a ``NameConflict`` status. When to reconcile
+again (retries, resyncs, checks due later) is :mod:`bioengine_operator.controllers.loop`'s
+business.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import dataclasses
 import datetime
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import kopf
 from pydantic import BaseModel, ValidationError
 
-from bioengine_operator import conditions
+from bioengine_operator import conditions, logs
+from bioengine_operator.api.modelrunner import DEFAULT_TRITON_IMAGE
 from bioengine_operator.controllers import kube
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,17 @@ class Settings:
     """Operator-wide settings (from the CLI/environment, see ``bioengine_operator.cli``)."""
 
     image: str = "ghcr.io/bioimage-io/bioengine-operator:0.1.0"
+    # The Triton image of ModelRunners that name none: an operator upgrade that changes it
+    # rolls those runners, one color at a time.
+    triton_image: str = DEFAULT_TRITON_IMAGE
     resync_seconds: float = 30.0
     hypha_workspace: str | None = None
+    # Node directories hostPath datasets may serve (and below): none unless a cluster admin
+    # allows them, since a hostPath can expose anything on the node.
+    host_path_prefixes: tuple[str, ...] = ()
+    # PEM public key (or certificate) of the bridge's token signing key, given to every
+    # dataset server to check the tokens the bridge mints; None: datasets open to "*" only.
+    token_public_key: str | None = None
 
 
 @dataclasses.dataclass
@@ -53,8 +62,8 @@ class Outcome:
     events: list[tuple[str, str, str]] = dataclasses.field(
         default_factory=list
     )  # type, reason, msg
-    retry_in: float | None = None
-    retry_reason: str = ""
+    # Reconcile again after this many seconds (a check that is due then), besides the resync.
+    requeue_in: float | None = None
 
     def event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self.events.append(("Warning" if warning else "Normal", reason, message))
@@ -64,17 +73,15 @@ Reconciler = Callable[[dict[str, Any], Context], Outcome]
 SpecT = TypeVar("SpecT", bound=BaseModel)
 TypedReconciler = Callable[[dict[str, Any], Context, SpecT], Outcome]
 
-_locks: dict[str, threading.Lock] = {}
-# The phase each object was last reconciled into. Several paths (a change handler and a
-# child event) may reconcile one object from equally old bodies; comparing against this
-# instead of the body keeps one transition from being announced twice.
+# The phase each object was last reconciled into (by uid). A reconcile may start from a
+# body older than the status it wrote last time; comparing against this instead of the
+# body keeps one transition from being announced twice.
 _last_phase: dict[str, str] = {}
-_locks_guard = threading.Lock()
 
 
-def _lock(uid: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
+def forget(uid: str) -> None:
+    """The object is gone: drop what was remembered about it."""
+    _last_phase.pop(uid, None)
 
 
 def service_id(body: dict[str, Any], settings: Settings) -> str:
@@ -93,7 +100,7 @@ def common_status(
     message: str,
     phase: str,
     summary: str,
-    extra_conditions: list[tuple[str, bool | str, str, str]] = (),  # type: ignore[assignment]
+    extra_conditions: tuple[tuple[str, bool | str, str, str], ...] = (),
 ) -> dict[str, Any]:
     """Status fields every kind has, with the Ready condition and any kind-specific ones."""
     generation = body["metadata"].get("generation")
@@ -111,16 +118,10 @@ def common_status(
     }
 
 
-def invalid_spec(body: dict[str, Any], ctx: Context, error: Exception) -> Outcome:
-    """A spec the API server accepted but the operator cannot use: say so, do not retry."""
+def failed(body: dict[str, Any], ctx: Context, reason: str, message: str) -> Outcome:
+    """The operator cannot act on this object as it stands: say why; nothing to retry."""
     status = common_status(
-        body,
-        ctx,
-        ready=False,
-        reason="InvalidSpec",
-        message=f"invalid spec: {error}",
-        phase="Failed",
-        summary="False",
+        body, ctx, ready=False, reason=reason, message=message, phase="Failed", summary="False"
     )
     return Outcome(status)
 
@@ -135,7 +136,7 @@ def with_spec(model: type[SpecT]) -> Callable[[TypedReconciler[SpecT]], Reconcil
             try:
                 spec = model.model_validate(body["spec"])
             except ValidationError as err:
-                return invalid_spec(body, ctx, err)
+                return failed(body, ctx, "InvalidSpec", f"invalid spec: {err}")
             return reconcile(body, ctx, spec)
 
         return typed
@@ -144,39 +145,37 @@ def with_spec(model: type[SpecT]) -> Callable[[TypedReconciler[SpecT]], Reconcil
 
 
 def run(
-    reconciler: Reconciler,
-    body: dict[str, Any],
-    settings: Settings,
-    *,
-    patch: kopf.Patch | None = None,
-) -> Outcome:
-    """Reconcile ``body`` and write back the outcome (via ``patch`` inside kopf handlers)."""
+    reconciler: Reconciler, body: dict[str, Any], settings: Settings
+) -> tuple[Outcome, dict[str, Any] | None]:
+    """Reconcile ``body`` and write back the outcome; returns it and the object as written
+    (None when the status did not change)."""
     meta = body["metadata"]
-    with _lock(meta["uid"]):
-        ctx = Context(settings, datetime.datetime.now(datetime.UTC))
+    ctx = Context(settings, datetime.datetime.now(datetime.UTC))
+    try:
         outcome = reconciler(body, ctx)
-        old = body.get("status") or {}
-        changed = {k: v for k, v in outcome.status.items() if old.get(k) != v}
-        if changed:
-            if patch is not None:
-                patch.status.update(changed)
-            else:
-                kube.patch_status(
-                    body["apiVersion"], body["kind"], meta["namespace"], meta["name"], changed
-                )
-        new_phase = outcome.status.get("phase")
-        old_phase = _last_phase.get(meta["uid"], old.get("phase"))
-        if new_phase:
-            _last_phase[meta["uid"]] = new_phase
-        if new_phase and new_phase != old_phase:
-            ready = conditions.find(outcome.status.get("conditions", []), "Ready") or {}
-            outcome.event(
-                ready.get("reason", new_phase),
-                f"phase {old_phase or 'None'} -> {new_phase}: {ready.get('message', '')}",
-                warning=new_phase in BAD_PHASES,
-            )
-        for type_, reason, message in outcome.events:
-            kopf.event(body, type=type_, reason=reason, message=message)
-    if outcome.retry_in is not None and patch is not None:
-        raise kopf.TemporaryError(outcome.retry_reason, delay=outcome.retry_in)
-    return outcome
+    except kube.NameConflict as err:
+        outcome = failed(body, ctx, "NameConflict", f"{err}; rename this {body['kind']}")
+    old = body.get("status") or {}
+    changed = {k: v for k, v in outcome.status.items() if old.get(k) != v}
+    written = None
+    if changed:
+        written = kube.patch_status(
+            body["apiVersion"], body["kind"], meta["namespace"], meta["name"], changed
+        )
+    new_phase = outcome.status.get("phase")
+    old_phase = _last_phase.get(meta["uid"], old.get("phase"))
+    if new_phase:
+        _last_phase[meta["uid"]] = new_phase
+    if new_phase and new_phase != old_phase:
+        ready = conditions.find(outcome.status.get("conditions", []), "Ready") or {}
+        outcome.event(
+            ready.get("reason", new_phase),
+            f"phase {old_phase or 'None'} -> {new_phase}: {ready.get('message', '')}",
+            warning=new_phase in BAD_PHASES,
+        )
+    for type_, reason, message in outcome.events:
+        try:
+            kube.post_event(body, type_, reason, message)
+        except Exception as err:  # an Event is best effort; the status already says it
+            logger.warning("cannot post Event %s: %s", reason, err, extra=logs.object_ref(body))
+    return outcome, written

@@ -1,42 +1,23 @@
 """``bioengine-dataserver``: serve one dataset directory read-only over HTTP.
 
-In a pod the operator mounts the dataset, the manifest (a ConfigMap) and the signing key
-(a Secret shared with the Hypha bridge) and passes their paths here; ``--host 0.0.0.0`` makes
-it reachable by the Service. JSON logs suit cluster log collectors; text suits people.
+In a pod the operator mounts the dataset and a ConfigMap with the manifest and the public key
+of the Hypha bridge's token signing key, and passes their paths here; ``--host 0.0.0.0`` makes
+it reachable by the Service. Without ``--token-public-key-file`` no token is accepted, so only
+a dataset open to everyone (``"*"``) can be read. Prometheus metrics are served under
+``/metrics`` on the same port. JSON logs suit cluster log collectors; text suits people.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
+from bioengine_operator import logs
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.dataserver.app import AccessLogger, build_app
 from bioengine_operator.dataserver.manifest import load_manifest
-
-# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is data.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the fields passed through ``extra=`` kept as keys."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--root {args.root} is not a directory")
     try:
         manifest = load_manifest(args.manifest)
-        key = tokens.load_key(args.signing_key_file)
+        public_key = _load_public_key(args.token_public_key_file)
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         parser.error(str(exc))
     address = f"http://{_host_for_url(args.host)}:{args.port}"
@@ -55,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         # Replaces aiohttp's two-line banner; flushed so a supervising process sees it at once.
         print(f"serving dataset {manifest.id!r} from {args.root} at {address}", flush=True)
 
-    _configure_logging(args.log_format)
+    logs.configure(args.log_format, args.verbose)
     web.run_app(
-        build_app(args.root, manifest, key),
+        build_app(args.root, manifest, public_key),
         host=args.host,
         port=args.port,
         access_log_class=AccessLogger,
@@ -72,28 +53,29 @@ def _parser() -> argparse.ArgumentParser:
         "--manifest", type=Path, required=True, help="dataset manifest, JSON (.json) or YAML"
     )
     parser.add_argument(
-        "--signing-key-file",
+        "--token-public-key-file",
         type=Path,
-        required=True,
-        help="file holding the token signing key shared with the Hypha bridge",
+        help="PEM public key or certificate (EC P-256) checking the Hypha bridge's tokens; "
+        "without it no token is accepted",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
     parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="(default: %(default)s)"
+        "--log-format", choices=logs.FORMATS, default="text", help="(default: %(default)s)"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
-def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+def _load_public_key(path: Path | None) -> tokens.PublicKey | None:
+    if path is None:
+        return None
+    try:
+        return tokens.load_public_key(path.read_bytes())
+    except ValueError as exc:  # the loader does not know the file's name
+        raise ValueError(f"--token-public-key-file {path}: {exc}") from None
 
 
 def _host_for_url(host: str) -> str:

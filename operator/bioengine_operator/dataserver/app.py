@@ -1,10 +1,15 @@
 """The aiohttp application: read-only file access to one dataset directory.
 
 Two middlewares run before any handler: the first refuses every method but GET and HEAD, so
-no route can ever write; the second checks the caller's token against the manifest. Paths
+no route can ever write; the second checks the caller's token against the manifest. The
+server holds only the token public key (or none: then it accepts no token and serves only a
+dataset open to everyone), so it can check tokens but never mint one. Paths
 from clients are never trusted: ``..`` and absolute paths are refused before touching the
 file system, and every path is resolved (following symlinks) and must land inside the root.
 Refusals of paths are 404, never 403, so nobody can probe what exists outside the dataset.
+
+``/healthz`` and ``/metrics`` need no token, for the kubelet and Prometheus: the metrics are
+counts by method, status and refusal reason, never users or paths.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import json
 import logging
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import prometheus_client
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 from aiohttp.typedefs import Handler
 from aiohttp.web_request import BaseRequest
+from prometheus_client import exposition
 
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.dataserver.manifest import DatasetFile, DatasetManifest
@@ -28,29 +35,67 @@ log = logging.getLogger(__name__)
 
 ROOT = web.AppKey("root", Path)
 MANIFEST = web.AppKey("manifest", DatasetManifest)
-SIGNING_KEY = web.AppKey("signing_key", bytes)
+# The manifest's id, which tokens must name.
+DATASET_ID = web.AppKey("dataset_id", str)
+# None when no key is configured: the server then accepts no token at all.
+TOKEN_KEY: web.AppKey[tokens.PublicKey | None] = web.AppKey("token_key")
 FILE_ENTRIES = web.AppKey("file_entries", dict[str, DatasetFile])
 # Set on each request that presented a valid token, for the access log. (RequestKey is new in
 # aiohttp 3.14; plain string keys warn there.)
 USER = web.RequestKey("user", str)
 
 _READ_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD})
-_UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+# For probes and scrapers: no token needed, and not counted as requests (scrapes would swamp
+# the traffic they measure).
+_INFRASTRUCTURE_PATHS = frozenset({"/healthz", "/metrics"})
+
+# Module-level, so they are registered once per process however many apps it builds.
+REQUESTS = prometheus_client.Counter(
+    "bioengine_dataserver_requests_total",
+    "HTTP requests answered, refused ones included, by method and status code.",
+    ["method", "status"],
+)
+RESPONSE_BYTES = prometheus_client.Counter(
+    "bioengine_dataserver_response_bytes_total",
+    "File body bytes sent by downloads; a Range request counts only its range.",
+)
+DENIALS = prometheus_client.Counter(
+    "bioengine_dataserver_denials_total",
+    "Requests refused access: no_token (none sent, none allowed), invalid_token (or a "
+    "malformed Authorization header, or any token on a server without a key), forbidden "
+    "(a valid token for a user the manifest does not list).",
+    ["reason"],
+)
+_Denial = Literal["no_token", "invalid_token", "forbidden"]
 
 
-def build_app(root: Path, manifest: DatasetManifest, signing_key: bytes) -> web.Application:
-    """The server for the dataset under ``root``, readable by the users ``manifest`` allows."""
-    if not signing_key:
-        raise ValueError("the signing key must not be empty")
+def build_app(
+    root: Path, manifest: DatasetManifest, public_key: tokens.PublicKey | None
+) -> web.Application:
+    """The server for the dataset under ``root``, readable by the users ``manifest`` allows.
+
+    Tokens are checked against ``public_key``; without one, no token is accepted.
+    """
+    if not manifest.id:
+        raise ValueError("the manifest needs an id: tokens name the dataset by it")
     resolved = root.resolve(strict=True)
     if not resolved.is_dir():
         raise ValueError(f"dataset root {root} is not a directory")
+    if public_key is None and not manifest.allows(None):
+        log.warning(
+            "no token public key configured: dataset %r is not open to everyone ('*'), "
+            "so nobody can read it",
+            manifest.id,
+        )
     app = web.Application(middlewares=[_read_only, _authenticate])
     app[ROOT] = resolved
     app[MANIFEST] = manifest
-    app[SIGNING_KEY] = signing_key
+    app[DATASET_ID] = manifest.id
+    app[TOKEN_KEY] = public_key
     app[FILE_ENTRIES] = _index_entries(manifest)
+    app.on_response_prepare.append(_count_request)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/manifest", _manifest)
     app.router.add_get("/files", _list_files)
     app.router.add_get("/files/", _list_files)
@@ -59,10 +104,11 @@ def build_app(root: Path, manifest: DatasetManifest, signing_key: bytes) -> web.
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request with method, path, status and user.
+    """One line per request with method, path, status, user and duration.
 
     aiohttp's default access log prints the request line with its query string, which can
-    carry ``?token=``; this one never logs the query or any header.
+    carry ``?token=``; this one never logs the query or any header. The fields are also passed
+    as ``extra=``, so :mod:`bioengine_operator.logs`'s JSON lines carry them as keys.
     """
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -85,7 +131,7 @@ class AccessLogger(AbstractAccessLogger):
 
 
 class _ExactFileResponse(web.FileResponse):
-    """A FileResponse that always sends the named file's own bytes.
+    """A FileResponse that always sends the named file's own bytes, and counts them.
 
     aiohttp swaps in a sibling ``<name>.gz`` or ``<name>.br`` when the client accepts that
     encoding. In a dataset those are separate files, and byte ranges must address the named
@@ -95,7 +141,13 @@ class _ExactFileResponse(web.FileResponse):
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         headers = request.headers.copy()
         headers.popall(hdrs.ACCEPT_ENCODING, None)
-        return await super().prepare(request.clone(headers=headers))
+        writer = await super().prepare(request.clone(headers=headers))
+        # The body has been sent in full once prepare returns (a dropped connection raises,
+        # and is not counted). Only 200 and 206 to a GET have a body; content_length is then
+        # what was sent: the whole file, or the range.
+        if request.method == hdrs.METH_GET and self.status in (200, 206):
+            RESPONSE_BYTES.inc(self.content_length or 0)
+        return writer
 
 
 @web.middleware
@@ -112,7 +164,7 @@ async def _read_only(request: web.Request, handler: Handler) -> web.StreamRespon
 
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in _UNAUTHENTICATED_PATHS:
+    if request.path not in _INFRASTRUCTURE_PATHS:
         _authorize(request)
     return await handler(request)
 
@@ -123,27 +175,40 @@ def _authorize(request: web.Request) -> None:
     if token is None:
         if manifest.allows(None):
             return
-        raise _error(
+        raise _denied(
+            "no_token",
             web.HTTPUnauthorized,
             "a token is required: send 'Authorization: Bearer <token>' or '?token=<token>'",
             headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
         )
-    try:
-        claims = tokens.verify(request.app[SIGNING_KEY], token, dataset=manifest.id)
-    except tokens.TokenError as exc:
-        raise _error(
-            web.HTTPUnauthorized,
-            str(exc),
-            headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'},
-        ) from None
+    dataset = request.app[DATASET_ID]
+    claims = _verify(request.app[TOKEN_KEY], token, dataset)
     # Recorded before the check below, so the access log shows who was refused.
     request[USER] = claims.user
     if not manifest.allows(claims.user):
         log.info("refused user=%s path=%s", claims.user, request.path)
-        raise _error(
+        raise _denied(
+            "forbidden",
             web.HTTPForbidden,
-            f"user {claims.user!r} is not authorized to read dataset {manifest.id!r}",
+            f"user {claims.user!r} is not authorized to read dataset {dataset!r}",
         )
+
+
+def _verify(public_key: tokens.PublicKey | None, token: str, dataset: str) -> tokens.Claims:
+    """The token's claims, or the 401 to answer with."""
+    if public_key is None:
+        message = "this server has no token key configured, so it accepts no token"
+    else:
+        try:
+            return tokens.verify(public_key, token, dataset=dataset)
+        except tokens.TokenError as exc:
+            message = str(exc)
+    raise _denied(
+        "invalid_token",
+        web.HTTPUnauthorized,
+        message,
+        headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'},
+    )
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -152,7 +217,8 @@ def _token_of(request: web.Request) -> str | None:
         return request.query.get("token") or None
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
-        raise _error(
+        raise _denied(
+            "invalid_token",
             web.HTTPUnauthorized,
             "the Authorization header must be 'Bearer <token>'",
             headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
@@ -160,8 +226,27 @@ def _token_of(request: web.Request) -> str | None:
     return credentials.strip()
 
 
+async def _count_request(request: web.Request, response: web.StreamResponse) -> None:
+    """Count every answered request, refusals and errors included, by its final status.
+
+    A response-prepare signal rather than a middleware: a file response settles its status
+    (200, 206, 304 or 416) only while it is prepared, after the middlewares have returned.
+    """
+    if request.path not in _INFRASTRUCTURE_PATHS:
+        REQUESTS.labels(method=request.method, status=str(response.status)).inc()
+
+
 async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    # The format the scraper asks for (Prometheus text or OpenMetrics), as the client's own
+    # exporter chooses it.
+    encode, content_type = exposition.choose_encoder(request.headers.get(hdrs.ACCEPT, ""))
+    return web.Response(
+        body=encode(prometheus_client.REGISTRY), headers={hdrs.CONTENT_TYPE: content_type}
+    )
 
 
 async def _manifest(request: web.Request) -> web.Response:
@@ -270,6 +355,14 @@ def _index_entries(manifest: DatasetManifest) -> dict[str, DatasetFile]:
         if parts:
             index["/".join(parts)] = entry
     return index
+
+
+def _denied(
+    reason: _Denial, exception: type[web.HTTPException], message: str, **kwargs: Any
+) -> web.HTTPException:
+    """An access refusal, counted by ``reason``; otherwise like :func:`_error`."""
+    DENIALS.labels(reason=reason).inc()
+    return _error(exception, message, **kwargs)
 
 
 def _error(exception: type[web.HTTPException], message: str, **kwargs: Any) -> web.HTTPException:

@@ -3,7 +3,7 @@
 Each runs from its own virtual environment (``.venv-hypha``, ``.venv-triton``,
 ``.venv-ray``, made by ``make test-backends`` from ``tools/requirements/``) because their
 pins conflict, and each is a managed process stopped by process group. Ray binds every
-interface, so it runs in a :class:`~bioengine_operator.devcluster.netns.LoopbackNamespace`
+interface, so it runs in a :class:`~bioengine_devtools.netns.LoopbackNamespace`
 and is reached through a relay.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from bioengine_operator.devcluster import netns, procs, tools
-from bioengine_operator.devcluster.cluster import free_port
+from bioengine_devtools import netns, procs, tools
+from bioengine_devtools.cluster import free_port
 
 # Hypha server settings for a server that a bridge registers with (also set by the chart).
 BRIDGE_RATE_LIMITS = {"HYPHA_WS_MSG_RATE_LIMIT": "10000", "HYPHA_WS_MSG_BURST_LIMIT": "20000"}

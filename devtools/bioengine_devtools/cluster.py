@@ -8,7 +8,7 @@ benchmarks, never routed) and nothing ever connects to them.
 
 Each component listens on a free loopback port, so two clusters can run side by side, and
 writes its log to ``<workdir>/logs/<component>.log``. ``state.json`` in the work directory
-records the PIDs so ``python -m bioengine_operator.devcluster down`` can stop a cluster
+records the PIDs so ``python -m bioengine_devtools down`` can stop a cluster
 that another process started.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from bioengine_operator.devcluster import pki as pki_mod
-from bioengine_operator.devcluster import procs, tools
+from bioengine_devtools import pki as pki_mod
+from bioengine_devtools import procs, tools
 
 KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",

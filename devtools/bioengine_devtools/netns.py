@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bioengine_operator.devcluster import procs
+from bioengine_devtools import procs
 
 CLONE_NEWNET = 0x40000000
 
@@ -111,7 +111,7 @@ def relay(
         [
             sys.executable,
             "-m",
-            "bioengine_operator.devcluster.netns",
+            "bioengine_devtools.netns",
             f"--listen-port={port}",
             f"--netns={namespace.net_path}",
             f"--target-port={target_port}",

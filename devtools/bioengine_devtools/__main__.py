@@ -1,4 +1,4 @@
-"""``python -m bioengine_operator.devcluster {tools,up,down}``: the local control plane for people.
+"""``python -m bioengine_devtools {tools,up,down}``: the local control plane for people.
 
 ``up --operator`` also runs the BioEngine operator against it (``make demo``).
 
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bioengine_operator.devcluster import cluster, operator_process, tools
+from bioengine_devtools import cluster, operator_process, tools
 
 DEFAULT_WORKDIR = cluster.DEFAULT_WORKDIR
 

@@ -10,7 +10,6 @@ learns where those backends are from an endpoints file, since kwok pods have no 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -25,10 +24,10 @@ import numpy as np
 import yaml
 import zarr
 
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import operator_process, procs, servers, tools
 from bioengine_operator.builders import dataset as dataset_builder
-from bioengine_operator.builders import meta
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import operator_process, procs, servers, tools
+from bioengine_operator.dataserver import tokens
 
 NS = "default"
 EXAMPLES = tools.REPO_ROOT / "examples"
@@ -94,13 +93,29 @@ class BridgeStack:
         self.cluster.start()
         self._stoppers.append(self.cluster.stop)
         operator_process.install_crds(self.cluster)
-        self.operator = operator_process.OperatorProcess(self.cluster, self.workdir / "op.log")
+        # The bridge's dataset token key pair, as the chart makes it: the private key for the
+        # bridge, the public key for the operator to hand to dataset servers.
+        signing_key = tokens.generate_private_key()
+        self.signing_key_file = self.workdir / "bridge-signing-key.pem"
+        self.signing_key_file.write_text(tokens.private_key_pem(signing_key))
+        self.signing_key_file.chmod(0o600)
+        self.public_key_file = self.workdir / "token-public-key.pem"
+        self.public_key_file.write_text(tokens.public_key_pem(signing_key))
+        self.operator = operator_process.OperatorProcess(
+            self.cluster,
+            self.workdir / "op.log",
+            extra_args=(
+                f"--token-public-key-file={self.public_key_file}",
+                f"--host-path-prefix={self.workdir}",
+            ),
+        )
         self.operator.start()
         self._stoppers.append(self.operator.stop)
         self.hypha = servers.HyphaServer(
             self.workdir,
             secrets.token_urlsafe(32),
-            secrets.token_urlsafe(32),
+            # 64 characters: Hypha refuses shorter root tokens that happen to contain "abc".
+            secrets.token_urlsafe(48),
             deflate=self.hypha_deflate,
         )
         self.hypha.start()
@@ -169,14 +184,12 @@ class BridgeStack:
             },
         }
         self.cluster.apply([dataset])
-        owner_secret = dataset_builder.key_secret_name(
-            meta.Owner("BioEngineDataset", DATASET, NS, "")
-        )
-        self.wait(lambda: self.cluster.get(NS, "secret", owner_secret), "dataset key")
-        key = base64.b64decode(self.cluster.get(NS, "secret", owner_secret)["data"]["signing-key"])
-        (self.workdir / "dataset.key").write_bytes(key)
-        manifest = self.cluster.get(NS, "configmap", f"{DATASET}-dataset-manifest")
-        (self.workdir / "manifest.json").write_text(manifest["data"]["manifest.json"])
+        # What the dataset server's pod would mount: the ConfigMap the operator wrote.
+        name = f"{DATASET}-dataset"
+        self.wait(lambda: self.cluster.get(NS, "configmap", name), "dataset ConfigMap")
+        config = self.cluster.get(NS, "configmap", name)["data"]
+        for key, text in config.items():
+            (self.workdir / key).write_text(text)
         self.dataset_port = devcluster.free_port()
         self.procs_["dataserver"] = procs.spawn(
             [
@@ -184,8 +197,8 @@ class BridgeStack:
                 "-m",
                 "bioengine_operator.dataserver",
                 f"--root={files}",
-                f"--manifest={self.workdir / 'manifest.json'}",
-                f"--signing-key-file={self.workdir / 'dataset.key'}",
+                f"--manifest={self.workdir / dataset_builder.MANIFEST_FILE}",
+                f"--token-public-key-file={self.workdir / dataset_builder.PUBLIC_KEY_FILE}",
                 f"--port={self.dataset_port}",
             ],
             self.workdir / "dataserver.log",
@@ -243,13 +256,16 @@ class BridgeStack:
             found[f"bioengineapp/{NS}/{APP}"] = f"http://127.0.0.1:{self.ray.port}/{APP}"
         return found
 
-    def start_bridge(self) -> None:
+    def start_bridge(
+        self, extra_args: tuple[str, ...] = (), extra_endpoints: dict[str, str] | None = None
+    ) -> None:
         token_file = self.workdir / "bridge.token"
         token_file.write_text(self.hypha.token(BRIDGE_USER, "bridge@example.org"))
         token_file.chmod(0o600)
         endpoints = self.workdir / "endpoints.json"
-        endpoints.write_text(json.dumps(self.endpoints()))
+        endpoints.write_text(json.dumps({**self.endpoints(), **(extra_endpoints or {})}))
         self.bridge_log = self.workdir / "bridge.log"
+        self.bridge_metrics = f"http://127.0.0.1:{devcluster.free_port()}/metrics"
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
         self.procs_["bridge"] = procs.spawn(
             [
@@ -260,8 +276,11 @@ class BridgeStack:
                 f"--workspace={WORKSPACE}",
                 f"--token-file={token_file}",
                 f"--endpoints-file={endpoints}",
+                f"--signing-key-file={self.signing_key_file}",
+                f"--metrics-address={self.bridge_metrics.split('/')[2]}",
                 "--call-timeout=60",
                 "--log-format=json",
+                *extra_args,
             ],
             self.bridge_log,
             env=env,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from bioengine_operator.devcluster import cluster as devcluster
-from bioengine_operator.devcluster import procs, tools
+from bioengine_devtools import cluster as devcluster
+from bioengine_devtools import procs, tools
 
 CRD_DIR = tools.REPO_ROOT / "crds"
 
@@ -67,13 +68,16 @@ class OperatorProcess:
 
         procs.wait_for(healthy, "operator liveness", timeout, proc=self.proc, log=self.log)
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop the operator; ``kill``: SIGKILL, so it cannot finish what it was doing."""
         if self.proc is not None:
+            if kill:
+                os.killpg(self.proc.pid, signal.SIGKILL)
             procs.stop_group(self.proc.pid)
             self.proc = None
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill)
         self.start()
 
     def __enter__(self) -> OperatorProcess:
