@@ -39,9 +39,11 @@ crds: venv
 	$(PY) -m bioengine_operator.api.crds crds
 	cp crds/*.yaml charts/bioengine-operator/crds/
 
+## lint: ruff, and mypy --strict on the shipped package (pyproject.toml's [tool.mypy])
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 ## test: lint, then the whole suite against a real local control plane and real backends
 test: tools backends lint

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ import yaml
 from helpers import get, status, wait_for
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import operator_process, tools
+from bioengine_devtools import operator_process, procs, tools
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "bioengine-operator"
@@ -357,7 +358,14 @@ def test_bundled_hypha_runs_uvicorn_without_per_message_deflate(helm_env: dict[s
         bridge_env["HYPHA_SERVER_URL"]["value"]
         == "http://bioengine-bioengine-operator-hypha.default.svc:9527"
     )
-    assert bridge_env["HYPHA_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "HYPHA_ROOT_TOKEN"
+    # The bridge reads a token minted for it; only its init container sees the JWT secret,
+    # and no part of the bridge pod sees the root token.
+    assert bridge_env["HYPHA_TOKEN_FILE"]["value"] == "/var/run/bioengine/hypha/token"
+    assert "HYPHA_TOKEN" not in bridge_env and "HYPHA_JWT_SECRET" not in bridge_env
+    (init,) = bridge["spec"]["template"]["spec"]["initContainers"]
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["HYPHA_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "HYPHA_JWT_SECRET"
+    assert "HYPHA_ROOT_TOKEN" not in json.dumps(bridge)
 
 
 # -- the session cluster ------------------------------------------------------------------------
@@ -414,13 +422,13 @@ def test_install_upgrade_uninstall(
         bridge_sa = f"system:serviceaccount:{namespace}:{release}-bridge"
         elsewhere = "--namespace=kube-public"
         assert can_i(cluster, operator_sa, "create", "deployments.apps", elsewhere)
+        assert not can_i(cluster, operator_sa, "delete", "deployments.apps", elsewhere)
+        assert not can_i(cluster, operator_sa, "update", "deployments.apps", elsewhere)
         assert can_i(
             cluster, operator_sa, "patch", "modelrunners.bioengine.bioimage.io/status", elsewhere
         )
-        assert can_i(cluster, operator_sa, "create", "secrets", elsewhere)
-        assert can_i(cluster, operator_sa, "get", "secrets", elsewhere)
-        assert not can_i(cluster, operator_sa, "list", "secrets", elsewhere)
-        assert not can_i(cluster, operator_sa, "delete", "secrets", elsewhere)
+        for verb in ("get", "list", "create"):
+            assert not can_i(cluster, operator_sa, verb, "secrets", elsewhere)
         assert not can_i(cluster, operator_sa, "create", "pods", elsewhere)
         assert not can_i(
             cluster, operator_sa, "delete", "modelrunners.bioengine.bioimage.io", elsewhere
@@ -430,9 +438,8 @@ def test_install_upgrade_uninstall(
         assert not can_i(
             cluster, operator_sa, "update", "customresourcedefinitions.apiextensions.k8s.io"
         )
-        assert can_i(cluster, bridge_sa, "get", "secrets", elsewhere)
-        assert not can_i(cluster, bridge_sa, "list", "secrets", elsewhere)
-        assert not can_i(cluster, bridge_sa, "watch", "secrets", elsewhere)
+        for verb in ("get", "list", "watch"):
+            assert not can_i(cluster, bridge_sa, verb, "secrets", elsewhere)
         assert can_i(cluster, bridge_sa, "watch", "modelrunners.bioengine.bioimage.io", elsewhere)
         assert not can_i(
             cluster, bridge_sa, "patch", "modelrunners.bioengine.bioimage.io", elsewhere
@@ -450,13 +457,13 @@ def test_install_upgrade_uninstall(
             str(CHART),
             f"--namespace={namespace}",
             "--reuse-values",
-            "--set=operator.logFormat=plain",
+            "--set=operator.logFormat=text",
             "--set=operator.resyncSeconds=5",
             kubeconfig=kubeconfig,
         )
         after = get(cluster, namespace, "deployment", operator_name)
         assert after["metadata"]["generation"] > before["metadata"]["generation"]
-        assert env_of(after)["BIOENGINE_LOG_FORMAT"] == "plain"
+        assert env_of(after)["BIOENGINE_LOG_FORMAT"] == "text"
         assert env_of(after)["BIOENGINE_RESYNC_SECONDS"] == "5"
         wait_for(
             lambda: deployment_ready(cluster, namespace, operator_name), "upgraded operator Ready"
@@ -468,7 +475,7 @@ def test_install_upgrade_uninstall(
             return (
                 len(now) == 1
                 and pod_ready(now[0])
-                and env_of({"spec": {"template": now[0]}})["BIOENGINE_LOG_FORMAT"] == "plain"
+                and env_of({"spec": {"template": now[0]}})["BIOENGINE_LOG_FORMAT"] == "text"
             )
 
         wait_for(rolled, "one Ready operator pod with the new setting")
@@ -546,7 +553,7 @@ def test_bundled_hypha_keeps_its_secrets_across_upgrades(
 def denbi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.DevCluster]:
     """A second control plane beside the session one (its own ports, KubeRay CRDs only)."""
     dev = devcluster.DevCluster(
-        tmp_path_factory.mktemp("denbi"), name="bioengine-denbi", kuberay_operator=False
+        tmp_path_factory.mktemp("denbi"), name="bioengine-denbi", kuberay_operator=False, audit=True
     )
     dev.start()
     try:
@@ -575,55 +582,175 @@ def token_kubeconfig(dev: devcluster.DevCluster, namespace: str, account: str, p
     return path
 
 
-def runner_example(name: str) -> str:
-    docs = list(yaml.safe_load_all((ROOT / "examples" / "modelrunner.yaml").read_text()))
-    runner = next(d for d in docs if d["kind"] == "ModelRunner")
-    renamed = copy.deepcopy(runner)
-    renamed["metadata"]["name"] = name
-    renamed["spec"]["service"]["id"] = name
-    return yaml.safe_dump_all([d for d in docs if d["kind"] != "ModelRunner"] + [renamed])
+def workload(name: str) -> str:
+    """The examples of every kind under names of their own, plus one of each kind carrying the
+    finalizer of earlier operator versions (which the operator must be allowed to remove)."""
+    docs = [
+        d
+        for path in sorted((ROOT / "examples").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    ]
+    out = []
+    for doc in docs:
+        doc = copy.deepcopy(doc)
+        if doc["kind"] in ("ModelRunner", "BioEngineApp", "BioEngineDataset"):
+            if doc["kind"] == "ModelRunner":
+                doc["metadata"]["name"] = name
+                doc["spec"]["service"]["id"] = name
+            legacy = copy.deepcopy(doc)
+            legacy["metadata"]["name"] = f"legacy-{doc['metadata']['name']}"[:40]
+            legacy["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+            legacy["spec"].pop("service", None)
+            if doc["kind"] == "ModelRunner":  # small: the fake nodes' CPUs are counted
+                legacy["spec"].update(replicas=1, resources={"cpu": "100m", "memory": "128Mi"})
+            out.append(legacy)
+        out.append(doc)
+    return yaml.safe_dump_all(out)
+
+
+Triple = tuple[str, str, str]  # apiGroup, resource[/subresource], verb
+
+
+def used_rbac(audit_log: Path, user: str, since_line: int) -> set[Triple]:
+    """What ``user`` asked the API server for, from its audit log, as RBAC would name it."""
+    used = set()
+    for line in audit_log.read_text().splitlines()[since_line:]:
+        event = json.loads(line)
+        ref = event.get("objectRef")
+        if event["user"]["username"] != user or not ref or "resource" not in ref:
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and event.get("responseStatus", {}).get("code") == 201:
+            used.add((ref.get("apiGroup", ""), resource, "create"))  # apply made the object
+    return used
+
+
+def granted_rbac(dev: devcluster.DevCluster, release: str, component: str) -> set[Triple]:
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component={component}"
+    roles = json.loads(
+        dev.kubectl("get", "clusterroles,roles", "-A", "-l", selector, "-o", "json").stdout
+    )["items"]
+    return {
+        (group, resource, verb)
+        for role in roles
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def reconcile_with_chart_rbac(
     dev: devcluster.DevCluster,
     system: str,
-    workload: str,
+    workload_ns: str,
     runner: str,
     log: Path,
     extra_args: tuple[str, ...],
 ) -> None:
-    """Run the real operator with only a token of the chart's ServiceAccount; wait for Ready."""
-    account = get(dev, system, "deployment", "bioengine-operator-operator")["spec"]["template"][
-        "spec"
-    ]["serviceAccountName"]
-    kubeconfig = token_kubeconfig(dev, system, account, log.with_suffix(".kubeconfig"))
+    """Run the real operator and bridge with only tokens of the chart's ServiceAccounts, on
+    every kind; then every verb the chart grants each of them must have been used."""
+    release = "bioengine-operator"
+    accounts = {
+        component: get(dev, system, "deployment", f"{release}-{component}")["spec"]["template"][
+            "spec"
+        ]["serviceAccountName"]
+        for component in ("operator", "bridge")
+    }
+    kubeconfigs = {
+        component: token_kubeconfig(
+            dev, system, account, log.with_suffix(f".{component}.kubeconfig")
+        )
+        for component, account in accounts.items()
+    }
+    users = {c: f"system:serviceaccount:{system}:{account}" for c, account in accounts.items()}
     signed_in = run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", "auth", "can-i", "list", "secrets", "-A"],
+        [
+            "kubectl",
+            f"--kubeconfig={kubeconfigs['operator']}",
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "-A",
+        ],
         check=False,
     )
     assert signed_in.stdout.strip() == "no"  # the operator's own account, not an admin
+    audit_start = len(dev.audit_log.read_text().splitlines())
 
     # OperatorProcess only reads .kubeconfig from its cluster argument.
     running = operator_process.OperatorProcess(
-        types.SimpleNamespace(kubeconfig=kubeconfig),  # type: ignore[arg-type]
+        types.SimpleNamespace(kubeconfig=kubeconfigs["operator"]),  # type: ignore[arg-type]
         log,
         extra_args=extra_args,
     )
+    bridge_log = log.with_suffix(".bridge.log")
+    token = log.with_suffix(".hypha-token")
+    token.write_text("not-a-token")  # no Hypha here: the bridge only watches
+    bridge = procs.spawn(
+        [
+            sys.executable,
+            "-m",
+            "bioengine_operator.bridge",
+            f"--server-url=http://127.0.0.1:{devcluster.free_port()}",
+            "--workspace=bioengine-lab",
+            f"--token-file={token}",
+            "--log-format=json",
+            *extra_args,
+        ],
+        bridge_log,
+        env={**os.environ, "KUBECONFIG": str(kubeconfigs["bridge"])},
+    )
     running.start()
     try:
-        dev.kubectl("-n", workload, "apply", "-f", "-", stdin=runner_example(runner))
+        dev.kubectl("-n", workload_ns, "apply", "-f", "-", stdin=workload(runner))
         wait_for(
-            lambda: status(dev, workload, "mr", runner).get("phase") == "Ready",
+            lambda: status(dev, workload_ns, "mr", runner).get("phase") == "Ready",
             f"{runner} Ready",
             timeout=120,
         )
-        assert status(dev, workload, "mr", runner)["ready"] == "4/4"
+        assert status(dev, workload_ns, "mr", runner)["ready"] == "4/4"
+        for kind in ("bea", "bed", "mr"):
+
+            def settled(k: str = kind) -> bool:
+                found = json.loads(dev.kubectl("-n", workload_ns, "get", k, "-o", "json").stdout)
+                return all(
+                    o.get("status", {}).get("phase") and not o["metadata"].get("finalizers")
+                    for o in found["items"]
+                )
+
+            wait_for(settled, f"every {kind} reconciled, old finalizers removed", timeout=120)
+        wait_for(
+            lambda: (
+                {
+                    ("bioengine.bioimage.io", r, v)
+                    for r in ("bioengineapps", "modelrunners", "bioenginedatasets")
+                    for v in ("list", "watch")
+                }
+                <= used_rbac(
+                    dev.audit_log,
+                    f"system:serviceaccount:{system}:{accounts['bridge']}",
+                    audit_start,
+                )
+            ),
+            "the bridge watches every kind",
+        )
     finally:
         running.stop()
-    denied = [
-        line for line in log.read_text().splitlines() if re.search(r"forbidden|\b403\b", line, re.I)
-    ]
-    assert not denied, "the operator was refused something:\n" + "\n".join(denied[:5])
+        procs.stop_group(bridge.pid)
+    for component, path in (("operator", log), ("bridge", bridge_log)):
+        denied = [
+            line
+            for line in path.read_text().splitlines()
+            if re.search(r"forbidden|\b403\b", line, re.I)
+        ]
+        assert not denied, f"the {component} was refused something:\n" + "\n".join(denied[:5])
+        used = used_rbac(dev.audit_log, users[component], audit_start)
+        unused = granted_rbac(dev, release, component) - used
+        assert not unused, f"the chart grants the {component} what it never used: {sorted(unused)}"
 
 
 def test_real_operator_reconciles_with_only_the_charts_rbac(
@@ -636,7 +763,7 @@ def test_real_operator_reconciles_with_only_the_charts_rbac(
     for ns in ("team-a", "team-b"):
         dev.kubectl("create", "namespace", ns)
     try:
-        install(helm_env, release, system, dev.kubeconfig, "--create-namespace")
+        install(helm_env, release, system, dev.kubeconfig, "--create-namespace", *BRIDGE)
         dev.kubectl("wait", "--for=condition=Established", "--timeout=60s", *CRD_NAMES)
 
         # Cluster-wide (the default): a ClusterRole for the application rules.

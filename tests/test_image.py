@@ -190,4 +190,21 @@ def test_image_install_step_in_a_clean_venv(tmp_path: Path) -> None:
         assert result.returncode == 0, f"{command} --help: {result.stderr}"
         assert "usage:" in result.stdout
         checked.append(command)
-    assert {"bioengine-operator", "bioengine-dataserver"} <= set(checked)
+    assert {"bioengine-operator", "bioengine-dataserver", "bioengine-bridge"} <= set(checked)
+
+    # Only what runs in the image: no development control plane, no test stack.
+    shipped = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print("
+            "u.find_spec('bioengine_operator.devcluster'), u.find_spec('bioengine_devtools'))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.split()
+    assert shipped == ["None", "None"]
+    assert not (venv / "bin" / "bioengine-devcluster").exists()

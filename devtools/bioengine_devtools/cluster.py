@@ -129,6 +129,7 @@ class DevCluster:
     with_kuberay: bool = True  # the KubeRay CRDs ...
     kuberay_operator: bool = True  # ... and its operator (off: tests play KubeRay themselves)
     tie_to_parent: bool = True
+    audit: bool = False  # log every request's user, verb and resource to logs/audit.log
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     executables: dict[str, str] = dataclasses.field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
@@ -260,11 +261,38 @@ class DevCluster:
                 # runs to use it anyway.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         self._wait(
             "kube-apiserver", lambda: _get(f"{self.server}/readyz", self._tls()) == b"ok", timeout
         )
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        """Who did what, one JSON line per request (metadata only: no bodies, no secrets)."""
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
 
     def _start_controllers(self, bindir: Path, timeout: float) -> None:
         kubeconfig = str(self.kubeconfig)

@@ -67,7 +67,7 @@ def register_all(settings: outcome.Settings, workers: int) -> loop.Loop:
     def queued(**_: Any) -> int:
         return len(reconcile_loop.queue)
 
-    async def resource_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def resource_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             reconcile_loop.forget(body)
         else:

@@ -103,25 +103,32 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret name and key holding the bridge's token (own token, else the root token). */}}
+{{/*
+The Secret holding the bridge's own Hypha token, if it has one; empty when the bridge mints
+its token from the bundled server (see bridge-deployment.yaml).
+*/}}
 {{- define "bioengine-operator.bridge.tokenSecretName" -}}
 {{- if .Values.bridge.hypha.existingSecret -}}
 {{- .Values.bridge.hypha.existingSecret -}}
 {{- else if .Values.bridge.hypha.token -}}
 {{- printf "%s-hypha-token" (include "bioengine-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
-{{- else if .Values.hypha.enabled -}}
-{{- include "bioengine-operator.hypha.secretName" . -}}
-{{- else -}}
+{{- else if not .Values.hypha.enabled -}}
 {{- fail "the bridge needs a Hypha token: set bridge.hypha.existingSecret (preferred) or bridge.hypha.token, or enable the bundled server (hypha.enabled)" -}}
 {{- end -}}
 {{- end -}}
 
-{{- define "bioengine-operator.bridge.tokenSecretKey" -}}
-{{- if or .Values.bridge.hypha.existingSecret .Values.bridge.hypha.token -}}
-{{- .Values.bridge.hypha.existingSecretKey -}}
-{{- else -}}
-HYPHA_ROOT_TOKEN
+{{/* The Secret (private key) and ConfigMap (public key) of the dataset tokens. */}}
+{{- define "bioengine-operator.tokenSigning.name" -}}
+{{- printf "%s-dataset-tokens" (include "bioengine-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* prometheus.io annotations of a pod serving metrics. */}}
+{{- define "bioengine-operator.scrapeAnnotations" -}}
+{{- if .Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end -}}
 
 {{/* The read-only root FS needs a writable /tmp. */}}
@@ -163,5 +170,22 @@ imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
 {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+What kopf itself needs, for the operator and the bridge alike (cluster-scoped by nature):
+it watches CRDs to find the resources it serves, and, when it watches only some namespaces,
+it lists and watches namespaces to follow them. Nothing more (checked against the API
+server's audit log by the chart tests).
+*/}}
+{{- define "bioengine-operator.frameworkRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
 {{- end }}
 {{- end -}}

@@ -23,6 +23,7 @@ from bioengine_operator.api.base import (
     ServiceSpec,
     cel,
     object_name,
+    with_rules,
 )
 from bioengine_operator.api.dataset import DATASET_NAME_MAX
 
@@ -53,21 +54,17 @@ class Autoscaling(Model):
 class DeploymentConfig(Model):
     """Ray Serve options applied to the entry deployment."""
 
-    model_config = Model.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.autoscaling) || "
-                    "self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
-                    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                ),
-                cel(
-                    "!(has(self.autoscaling) && has(self.numReplicas))",
-                    "set numReplicas or autoscaling, not both",
-                ),
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel(
+            "!has(self.autoscaling) || "
+            "self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        ),
+        cel(
+            "!(has(self.autoscaling) && has(self.numReplicas))",
+            "set numReplicas or autoscaling, not both",
+        ),
+    )
 
     ray_actor_options: RayActorOptions = Field(
         default_factory=RayActorOptions, description="Resources reserved per replica."
@@ -131,20 +128,13 @@ class HeadGroup(Model):
 
 
 class WorkerGroup(Placement):
-    model_config = Placement.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "minReplicas must not exceed maxReplicas",
-                ),
-                cel(
-                    "self.minReplicas <= self.replicas && self.replicas <= self.maxReplicas",
-                    "replicas must lie between minReplicas and maxReplicas",
-                ),
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+        cel(
+            "self.minReplicas <= self.replicas && self.replicas <= self.maxReplicas",
+            "replicas must lie between minReplicas and maxReplicas",
+        ),
+    )
 
     name: str = Field(pattern=DNS_LABEL, max_length=40, description="Worker group name.")
     replicas: int = Field(1, ge=0, description="Workers started initially.")

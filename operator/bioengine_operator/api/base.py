@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -39,7 +40,7 @@ def object_name(description: str) -> Any:
     return Field(pattern=DNS_SUBDOMAIN, min_length=1, max_length=253, description=description)
 
 
-def cel(rule: str, message: str) -> dict[str, str]:
+def cel(rule: str, message: str) -> JsonDict:
     return {"rule": rule, "message": message}
 
 
@@ -56,6 +57,13 @@ class Model(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The wire form (camelCase, unset optionals left out)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def with_rules(*rules: JsonDict) -> ConfigDict:
+    """The configuration of a :class:`Model` subclass whose objects carry CEL ``rules``."""
+    return ConfigDict(
+        **Model.model_config, json_schema_extra={"x-kubernetes-validations": [*rules]}
+    )
 
 
 class OneOf(Model):

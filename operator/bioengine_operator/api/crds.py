@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.config import JsonDict
 
 from bioengine_operator.api import app, dataset, modelrunner, status
 from bioengine_operator.api.base import DNS_1035, GROUP, VERSION, cel
@@ -40,7 +41,7 @@ class Kind:
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
 
-    def name_rule(self) -> dict[str, str]:
+    def name_rule(self) -> JsonDict:
         """CEL on metadata.name: a DNS-1035 label short enough for every derived name."""
         return cel(
             f"self.metadata.name.size() <= {self.max_name} && "

@@ -137,6 +137,9 @@ def install(args: argparse.Namespace) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.posting.enabled = False  # read-only: the bridge writes nothing to the cluster
+        # Nor does it remove kopf's default finalizer (left by old operator versions): that
+        # is the operator's; with a name of its own the bridge leaves it alone.
+        settings.persistence.finalizer = f"{GROUP}/bridge"
         # Connecting runs beside the watches: resources are recorded while Hypha is still
         # out of reach, and registered as soon as it answers.
         tasks.append(asyncio.create_task(registry.run()))
@@ -152,7 +155,7 @@ def install(args: argparse.Namespace) -> None:
     def registered(**_: Any) -> int:
         return len(registry.registered)
 
-    async def on_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         if event.get("type") == "DELETED":
             registry.forget(body["kind"], meta["namespace"], meta["name"])

@@ -37,9 +37,9 @@ def serviceable(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
     kind = body["kind"]
     if kind == "BioEngineApp":
-        return status.get("phase") == "Ready"
+        return bool(status.get("phase") == "Ready")
     if kind == "ModelRunner":
-        ready = sum((status.get(c) or {}).get("readyReplicas", 0) for c in ("blue", "green"))
+        ready = sum(int((status.get(c) or {}).get("readyReplicas", 0)) for c in ("blue", "green"))
         return ready > 0
     return int(status.get("readyReplicas", 0)) > 0
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bioengine_operator import bluegreen
 from bioengine_operator.builders import meta, triton
 
 
@@ -40,4 +41,4 @@ class Endpoints:
     def runner(self, body: dict[str, Any]) -> tuple[str, ...]:
         owner = meta.Owner.from_body(body)
         found = self._override("ModelRunner", owner.namespace, owner.name) or {}
-        return tuple(found.get(c) or triton.grpc_endpoint(owner, c) for c in triton.COLORS)
+        return tuple(found.get(c) or triton.grpc_endpoint(owner, c) for c in bluegreen.COLORS)

@@ -40,10 +40,10 @@ def disable_compression() -> None:
         return {**original(self), "compression": None}
 
     without_deflate._bioengine_no_deflate = True  # type: ignore[attr-defined]
-    cls._ws_connect_kwargs = without_deflate  # type: ignore[method-assign]
+    cls._ws_connect_kwargs = without_deflate
 
 
-# Connection refusals that a token with admin rights can fix by itself.
+# Connection refusals that a token allowed to create workspaces can fix by itself.
 WORKSPACE_ERRORS = ("does not exist", "does not match the specified workspace")
 WORKSPACE_TOKEN_TTL = 30 * 24 * 3600  # made anew on every fresh connection
 
@@ -78,8 +78,9 @@ class HyphaConnection:
         try:
             self.server = await connect_to_server(self._config(workspace, self.settings.token))
         except Exception as err:
-            # An admin token of another workspace (the chart's bundled server hands the bridge
-            # its root token), or a workspace an in-memory server lost in a restart.
+            # A user token of the bridge's own (the chart mints one with the bundled server)
+            # for a workspace that does not exist yet, or that an in-memory server lost in a
+            # restart.
             if not any(text in str(err) for text in WORKSPACE_ERRORS):
                 raise
             token = await self._workspace_token()
@@ -88,12 +89,13 @@ class HyphaConnection:
         logger.info("connected to Hypha %s, workspace %s", self.settings.server_url, workspace)
 
     async def _workspace_token(self) -> str:
-        """With an admin token: make sure the workspace exists, and get a token for it."""
+        """Make sure the workspace exists (the bridge's user then owns it), and get a token
+        for it."""
         workspace = self.settings.workspace
-        admin = await connect_to_server(self._config(None, self.settings.token))
+        owner = await connect_to_server(self._config(None, self.settings.token))
         try:
             try:
-                await admin.create_workspace(
+                await owner.create_workspace(
                     {
                         "id": workspace,
                         "persistent": True,
@@ -105,7 +107,7 @@ class HyphaConnection:
             except Exception as err:  # it exists already: fine
                 logger.debug("workspace %s not created: %s", workspace, err)
             return str(
-                await admin.generate_token(
+                await owner.generate_token(
                     {
                         "workspace": workspace,
                         "permission": "admin",
@@ -114,7 +116,7 @@ class HyphaConnection:
                 )
             )
         finally:
-            await admin.disconnect()
+            await owner.disconnect()
 
     async def _alive(self) -> bool:
         try:

@@ -84,7 +84,7 @@ def serve_config(
     if actor.memory is not None:
         options["ray_actor_options"]["memory"] = actor.memory
     if cfg.autoscaling is not None:
-        scaling = {
+        scaling: dict[str, float] = {
             "min_replicas": cfg.autoscaling.min_replicas,
             "max_replicas": cfg.autoscaling.max_replicas,
         }

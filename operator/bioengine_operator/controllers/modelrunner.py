@@ -137,20 +137,21 @@ def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
             ("UpdateInProgress", now.plan.updating is not None, now.plan.reason, now.plan.message),
         ),
     )
+    colors: dict[str, Any] = {
+        color: {
+            "revision": now.observed[color].revision,
+            "replicas": (live[color] or {}).get("spec", {}).get("replicas", 0),
+            "readyReplicas": now.observed[color].ready,
+        }
+        for color in bluegreen.COLORS
+    }
     outcome.status.update(
         {
             "revision": now.revision,
             "updatingColor": now.plan.updating,
             "models": list(spec.models),
             "endpoint": triton.grpc_endpoint(owner),
-            **{
-                color: {
-                    "revision": now.observed[color].revision,
-                    "replicas": (live[color] or {}).get("spec", {}).get("replicas", 0),
-                    "readyReplicas": now.observed[color].ready,
-                }
-                for color in bluegreen.COLORS
-            },
+            **colors,
         }
     )
     return outcome

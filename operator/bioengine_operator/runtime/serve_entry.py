@@ -43,11 +43,11 @@ def as_deployment(target: Any) -> Any:
     return target if isinstance(target, serve.Deployment) else serve.deployment(target)
 
 
-def user_class(target: Any) -> type:
+def user_class(target: Any) -> Any:
     return target.func_or_class if isinstance(target, serve.Deployment) else target
 
 
-def describe(cls: type, exposed: list[str]) -> dict[str, dict[str, str]]:
+def describe(cls: Any, exposed: list[str]) -> dict[str, dict[str, str]]:
     """Public methods of ``cls`` (or only ``exposed`` ones), with docstring and signature."""
     methods = {}
     for name, member in inspect.getmembers(cls, inspect.isfunction):
@@ -92,7 +92,8 @@ def build(config: dict[str, Any]) -> Any:
     }
     entry = load(config["entry"])
     methods = describe(user_class(entry), config.get("exposedMethods", []))
-    return Ingress.bind(as_deployment(entry).bind(**handles), methods)
+    # @serve.deployment made Ingress a Deployment, which type checkers cannot see.
+    return Ingress.bind(as_deployment(entry).bind(**handles), methods)  # type: ignore[attr-defined]
 
 
 app = build(json.loads(CONFIG_FILE.read_text()))
