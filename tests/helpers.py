@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import procs
@@ -47,3 +49,22 @@ def events(cluster: devcluster.DevCluster, namespace: str, name: str) -> list[di
 
 def resource(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text endpoint (0 when absent)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
+
+
+def json_log_records(path: Any) -> list[dict[str, Any]]:
+    """Every line of a JSON log, parsed; each must carry the shared schema's keys."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= record.keys(), record
+    return records

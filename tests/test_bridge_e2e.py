@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 import zarr
 from conftest import register_logs
-from helpers import resource, wait_for
+from helpers import json_log_records, metric, resource, wait_for
 from hypha_rpc import connect_to_server
-from prometheus_client.parser import text_string_to_metric_families
 
 from bioengine_devtools.stack import (
     APP,
@@ -84,6 +83,18 @@ async def wait_services(stack: BridgeStack, ids: list[str], timeout: float) -> f
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def registered(stack: BridgeStack, service_id: str) -> bool:
+    """Whether alice finds ``service_id`` in the bridge's workspace."""
+    alice = await client(stack, "alice")
+    try:
+        await alice.get_service(f"{WORKSPACE}/{service_id}")
+    except Exception:
+        return False
+    finally:
+        await alice.disconnect()
+    return True
 
 
 def test_app_methods_are_functions_and_arrays_pass_bit_exact(stack: BridgeStack) -> None:
@@ -232,21 +243,8 @@ def test_killing_one_color_under_load_loses_no_call(stack: BridgeStack) -> None:
 
 
 def test_loss_of_readiness_unregisters_and_recovery_registers(stack: BridgeStack) -> None:
-    async def gone() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            alice = await client(stack, "alice")
-            try:
-                await alice.get_service(f"{WORKSPACE}/{APP}")
-            except Exception:
-                return
-            finally:
-                await alice.disconnect()
-            await asyncio.sleep(0.25)
-        raise AssertionError("the app's service stayed registered after it lost readiness")
-
     simulate_rayservice_status(stack.cluster, NS, APP, False, "ZeroServeEndpoints")
-    run(gone())
+    wait_for(lambda: not run(registered(stack, APP)), "app unregistered after losing readiness", 30)
     simulate_rayservice_status(stack.cluster, NS, APP, True, "NonZeroServeEndpoints")
     run(wait_services(stack, [APP], timeout=30))
 
@@ -318,18 +316,7 @@ def test_an_app_that_never_answers_delays_no_other_service(stack: BridgeStack) -
             wait_for(lambda: silent.accepted, "the bridge asked the silent app")
             run(wait_services(stack, stack.service_ids(), timeout=60))
             assert silent.accepted[0].fileno() != -1  # its describe call is still waiting
-
-            async def silent_registered() -> bool:
-                alice = await client(stack, "alice")
-                try:
-                    await alice.get_service(f"{WORKSPACE}/silent")
-                except Exception:
-                    return False
-                finally:
-                    await alice.disconnect()
-                return True
-
-            assert not run(silent_registered())
+            assert not run(registered(stack, "silent"))
     finally:
         silent.close()
         stack.cluster.kubectl("-n", NS, "delete", "bea", "silent", "--wait=false")
@@ -365,17 +352,6 @@ def test_large_reads_are_streamed_and_read_file_is_bounded(stack: BridgeStack) -
             assert response.read() == chunk
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text endpoint (0 when absent)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                return float(sample.value)
-    return 0.0
-
-
 def test_bridge_metrics_count_services_and_calls(stack: BridgeStack) -> None:
     url = stack.bridge_metrics
     assert metric(url, "bioengine_bridge_services", kind="ModelRunner") == 1
@@ -394,17 +370,16 @@ def test_bridge_metrics_count_services_and_calls(stack: BridgeStack) -> None:
     assert metric(url, "bioengine_bridge_call_duration_seconds_count", function="infer") >= 1
 
 
+def test_bridge_and_dataset_server_log_one_json_schema(stack: BridgeStack) -> None:
+    bridge = json_log_records(stack.bridge_log)
+    assert any(r["message"].startswith("registered ModelRunner") for r in bridge)
+    access = [r for r in json_log_records(stack.workdir / "dataserver.log") if "status" in r]
+    assert access and all({"method", "path", "user"} <= r.keys() for r in access)
+
+
 def test_deleting_a_resource_unregisters_its_service(stack: BridgeStack) -> None:
     stack.cluster.kubectl("-n", NS, "delete", "mr", RUNNER, "--wait=true", "--timeout=60s")
 
-    async def gone() -> bool:
-        alice = await client(stack, "alice")
-        try:
-            await alice.get_service(f"{WORKSPACE}/{RUNNER}")
-        except Exception:
-            return True
-        finally:
-            await alice.disconnect()
-        return False
-
-    wait_for(lambda: run(gone()), "runner service unregistered after deletion", 30)
+    wait_for(
+        lambda: not run(registered(stack, RUNNER)), "runner service unregistered after deletion", 30
+    )

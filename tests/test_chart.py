@@ -368,6 +368,33 @@ def test_bundled_hypha_runs_uvicorn_without_per_message_deflate(helm_env: dict[s
     assert "HYPHA_ROOT_TOKEN" not in json.dumps(bridge)
 
 
+def test_metrics_services_and_service_monitors(helm_env: dict[str, str]) -> None:
+    objects = [
+        o
+        for o in yaml.safe_load_all(
+            template(helm_env, *BRIDGE, "--set=metrics.serviceMonitor.enabled=true")
+        )
+        if o
+    ]
+    monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceMonitor"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    full = "bioengine-bioengine-operator"
+    assert sorted(monitors) == [f"{full}-bridge", f"{full}-operator"]
+    for name, monitor in monitors.items():
+        service = services[f"{name}-metrics"]
+        assert (
+            monitor["spec"]["selector"]["matchLabels"].items()
+            <= service["metadata"]["labels"].items()
+        )
+        assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+        pod = deployments[name]["spec"]["template"]
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert ports["metrics"] == 9090
+
+
 # -- the session cluster ------------------------------------------------------------------------
 
 

@@ -12,7 +12,18 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import apply, condition, events, get, items, resource, status, wait_for
+from helpers import (
+    apply,
+    condition,
+    events,
+    get,
+    items,
+    json_log_records,
+    metric,
+    resource,
+    status,
+    wait_for,
+)
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
 
@@ -74,6 +85,23 @@ def test_examples_are_reconciled(cluster: devcluster.DevCluster, namespace: str)
     # The example dataset's PVC does not exist here, so its server cannot start.
     wait_for(lambda: phase(cluster, namespace, "bed", "cell-images") == "Deploying", "Deploying")
     assert status(cluster, namespace, "bed", "cell-images")["ready"] == "0/1"
+
+
+def test_operator_metrics_and_logs(
+    cluster: devcluster.DevCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    url = operator.metrics_url
+    before = metric(url, "bioengine_operator_reconciles_total", kind="ModelRunner", result="ok")
+    apply(cluster, namespace, MODELS_CM, runner("counted"))
+    wait_for(lambda: phase(cluster, namespace, "mr", "counted") == "Ready", "runner Ready")
+    after = metric(url, "bioengine_operator_reconciles_total", kind="ModelRunner", result="ok")
+    assert after > before
+    assert metric(url, "bioengine_operator_objects", kind="ModelRunner", phase="Ready") >= 1
+    assert metric(url, "bioengine_operator_reconcile_duration_seconds_count", kind="ModelRunner")
+    # One JSON schema per line, and lines about an object name it.
+    records = json_log_records(operator.log)
+    about = [r for r in records if r.get("object", {}).get("name") == "counted"]
+    assert about and all(r["object"]["namespace"] == namespace for r in about)
 
 
 class PodRecorder:

@@ -197,3 +197,25 @@ def test_any_unicode_value_reaches_the_cluster_intact(
     template = get(cluster, namespace, "deployment", "uni-blue")["spec"]["template"]
     assert template["metadata"]["annotations"]["note"] == note
     assert f"--log-file=/tmp/🦠{note[-1]}.log" in template["spec"]["containers"][0]["args"]
+
+
+def test_host_path_datasets_are_refused_unless_allowed(
+    cluster: devcluster.DevCluster, namespace: str
+) -> None:
+    """The test operator allows no hostPath directory, like the chart's default."""
+    spec = {"source": {"hostPath": {"path": "/etc"}}, "manifest": {"name": "Node files"}}
+    apply(cluster, namespace, resource("BioEngineDataset", "node-files", spec))
+
+    def ready() -> dict[str, Any]:
+        return condition(status(cluster, namespace, "bed", "node-files"), "Ready")
+
+    wait_for(lambda: ready().get("reason") == "HostPathNotAllowed", "HostPathNotAllowed")
+    assert "/etc" in ready()["message"]
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and e["reason"] == "HostPathNotAllowed"
+            for e in events(cluster, namespace, "node-files")
+        ),
+        "HostPathNotAllowed Warning Event",
+    )
+    assert not get(cluster, namespace, "deployment", "node-files-dataset")

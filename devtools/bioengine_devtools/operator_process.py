@@ -39,9 +39,15 @@ class OperatorProcess:
     resync_seconds: float = 2.0
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 60.0) -> None:
         port = devcluster.free_port()
+        self.metrics_port = devcluster.free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
@@ -55,6 +61,7 @@ class OperatorProcess:
                 "--verbose",
                 "--log-format=json",
                 f"--liveness=http://127.0.0.1:{port}/healthz",
+                f"--metrics-address=127.0.0.1:{self.metrics_port}",
                 *self.extra_args,
             ],
             self.log,

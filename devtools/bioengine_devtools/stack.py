@@ -200,6 +200,7 @@ class BridgeStack:
                 f"--manifest={self.workdir / dataset_builder.MANIFEST_FILE}",
                 f"--token-public-key-file={self.workdir / dataset_builder.PUBLIC_KEY_FILE}",
                 f"--port={self.dataset_port}",
+                "--log-format=json",
             ],
             self.workdir / "dataserver.log",
         )

@@ -8,8 +8,11 @@ them with :func:`serve` on its own port (the dataset server on its data port, un
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Call latencies from a millisecond (a small model) to minutes (an app processing a volume).
 LATENCY_BUCKETS = (
@@ -38,3 +41,22 @@ def serve(address: str) -> None:
     if parsed.port is None:
         raise ValueError(f"metrics address {address!r} needs a port, e.g. 0.0.0.0:9090")
     prometheus_client.start_http_server(parsed.port, addr=parsed.hostname or "0.0.0.0")
+
+
+Gauge = tuple[str, str, Sequence[str], Callable[[], Mapping[tuple[str, ...], float]]]
+
+
+class Computed(Collector):
+    """Gauges read from the process's own state at scrape time (objects by phase, registered
+    services), so they can never disagree with it. Each gauge is (name, help, label names,
+    a function returning value by label values)."""
+
+    def __init__(self, *gauges: Gauge) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, documentation, labels, values in self.gauges:
+            family = GaugeMetricFamily(name, documentation, labels=list(labels))
+            for label_values, value in sorted(values().items()):
+                family.add_metric(list(label_values), value)
+            yield family

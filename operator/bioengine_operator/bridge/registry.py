@@ -18,14 +18,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import prometheus_client
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from bioengine_operator import metrics
 from bioengine_operator.bridge import services
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired, desired
@@ -222,24 +220,21 @@ class Registry:
         for key, registration in list(self.registered.items()):
             await self._unregister(key, registration)
 
-    def collector(self) -> Collector:
-        return _RegistryCollector(self)
-
-
-class _RegistryCollector(Collector):
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "bioengine_bridge_services", "Resources registered as Hypha services.", labels=["kind"]
+    def collector(self) -> metrics.Computed:
+        return metrics.Computed(
+            (
+                "bioengine_bridge_services",
+                "Resources registered as Hypha services.",
+                ("kind",),
+                self._services_by_kind,
+            )
         )
-        counts: dict[str, int] = {}
-        for kind, _, _ in list(self.registry.registered):
-            counts[kind] = counts.get(kind, 0) + 1
-        for kind, count in sorted(counts.items()):
-            family.add_metric([kind], count)
-        yield family
+
+    def _services_by_kind(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {}
+        for kind, _, _ in list(self.registered):
+            counts[(kind,)] = counts.get((kind,), 0) + 1
+        return counts
 
 
 def _revision(body: dict[str, Any]) -> str | None:

@@ -23,12 +23,10 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import prometheus_client
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from bioengine_operator import logs, metrics
 from bioengine_operator.controllers import outcome
@@ -173,33 +171,29 @@ class Loop:
 
     # -- metrics -------------------------------------------------------------------------
 
-    def collector(self) -> Collector:
+    def collector(self) -> metrics.Computed:
         """Objects by kind and phase, and the queue's depth, read at scrape time."""
-        return _LoopCollector(self)
-
-
-class _LoopCollector(Collector):
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        objects = GaugeMetricFamily(
-            "bioengine_operator_objects",
-            "Watched objects by kind and phase.",
-            labels=["kind", "phase"],
+        return metrics.Computed(
+            (
+                "bioengine_operator_objects",
+                "Watched objects by kind and phase.",
+                ("kind", "phase"),
+                self._objects_by_phase,
+            ),
+            (
+                "bioengine_operator_queue_depth",
+                "Objects waiting to be reconciled.",
+                (),
+                lambda: {(): len(self.queue)},
+            ),
         )
-        counts: dict[tuple[str, str], int] = {}
-        for (kind, _, _), body in list(self.loop.bodies.items()):
+
+    def _objects_by_phase(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {}
+        for (kind, _, _), body in list(self.bodies.items()):
             phase = str((body.get("status") or {}).get("phase") or "Unknown")
             counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
-        for (kind, phase), count in sorted(counts.items()):
-            objects.add_metric([kind, phase], count)
-        yield objects
-        depth = GaugeMetricFamily(
-            "bioengine_operator_queue_depth", "Objects waiting to be reconciled."
-        )
-        depth.add_metric([], len(self.loop.queue))
-        yield depth
+        return counts
 
 
 def _describe(err: Exception) -> str:

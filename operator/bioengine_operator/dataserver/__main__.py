@@ -10,6 +10,7 @@ a dataset open to everyone (``"*"``) can be read. Prometheus metrics are served 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +19,8 @@ from bioengine_operator import logs
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.dataserver.app import AccessLogger, build_app
 from bioengine_operator.dataserver.manifest import load_manifest
+
+log = logging.getLogger("bioengine_operator.dataserver")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     address = f"http://{_host_for_url(args.host)}:{args.port}"
 
     def announce(_banner: str) -> None:
-        # Replaces aiohttp's two-line banner; flushed so a supervising process sees it at once.
-        print(f"serving dataset {manifest.id!r} from {args.root} at {address}", flush=True)
+        # Replaces aiohttp's two-line banner with a log line in the configured format.
+        log.info("serving dataset %r from %s at %s", manifest.id, args.root, address)
 
     logs.configure(args.log_format, args.verbose)
     web.run_app(
