@@ -84,7 +84,7 @@ def main() -> None:
         with devcluster.DevCluster(work / "cluster", kuberay_operator=False) as dev:
             operator_process.install_crds(dev)
             with operator_process.OperatorProcess(
-                dev, work / "operator.log", resync_seconds=60, extra_args=("--log-format=plain",)
+                dev, work / "operator.log", resync_seconds=60, extra_args=("--log-format=text",)
             ):
                 for run in range(args.runs):
                     for count in args.counts:
