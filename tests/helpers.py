@@ -47,6 +47,20 @@ def events(cluster: devcluster.DevCluster, namespace: str, name: str) -> list[di
     return [e for e in items(cluster, namespace, "events") if e["involvedObject"]["name"] == name]
 
 
+def wait_for_warning(
+    cluster: devcluster.DevCluster, namespace: str, name: str, reason: str, text: str = ""
+) -> None:
+    """Wait until a Warning Event with ``reason`` (and ``text`` in its message) is about
+    ``name``; Events are posted a moment after the status is written."""
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and e["reason"] == reason and text in e["message"]
+            for e in events(cluster, namespace, name)
+        ),
+        f"{reason} Warning Event",
+    )
+
+
 def resource(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 

@@ -97,6 +97,25 @@ def test_new_revision_during_an_update_restarts_safely() -> None:
     assert step.targets == {"green": "r3", "blue": None}
 
 
+def test_terminated_pods_do_not_keep_a_color_from_settling() -> None:
+    deployment = {
+        "metadata": {"labels": {triton.REVISION_LABEL: "r1"}},
+        "spec": {"replicas": 1},
+    }
+
+    def pod(phase: str, ready: str) -> dict[str, Any]:
+        return {
+            "metadata": {"labels": {triton.REVISION_LABEL: "r1"}},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
+        }
+
+    evicted = pod("Failed", "False")
+    assert modelrunner.observe(deployment, [pod("Running", "True"), evicted]).settled
+    assert not modelrunner.observe(
+        deployment, [pod("Running", "True"), pod("Pending", "False")]
+    ).settled
+
+
 # -- the revision ------------------------------------------------------------------------
 
 OWNER = meta.Owner("ModelRunner", "sim", "ns", "uid-1")

@@ -23,6 +23,7 @@ from helpers import (
     resource,
     status,
     wait_for,
+    wait_for_warning,
 )
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
@@ -430,13 +431,7 @@ def test_app_stuck_initializing_is_reported(cluster: devcluster.DevCluster, name
     wait_for(lambda: phase(cluster, namespace, "bea", "slow") == "Stuck", "Stuck", timeout=60)
     stuck = condition(status(cluster, namespace, "bea", "slow"), "Stuck")
     assert stuck["status"] == "True" and re.search(r"initTimeoutSeconds=10", stuck["message"])
-    wait_for(
-        lambda: any(
-            e["type"] == "Warning" and e["reason"] == "InitializingTimeout"
-            for e in events(cluster, namespace, "slow")
-        ),
-        "InitializingTimeout Warning Event",
-    )
+    wait_for_warning(cluster, namespace, "slow", "InitializingTimeout")
 
 
 def test_restart_resumes_without_touching_children(
@@ -490,11 +485,5 @@ def test_unservable_dataset_source_fails_with_a_clear_condition(
     wait_for(lambda: phase(cluster, namespace, "bed", "in-s3") == "Failed", "Failed phase")
     ready = condition(status(cluster, namespace, "bed", "in-s3"), "Ready")
     assert ready["reason"] == "InvalidSpec" and "S3" in ready["message"]
-    wait_for(
-        lambda: any(
-            e["type"] == "Warning" and e["reason"] == "InvalidSpec"
-            for e in events(cluster, namespace, "in-s3")
-        ),
-        "InvalidSpec Warning Event",
-    )
+    wait_for_warning(cluster, namespace, "in-s3", "InvalidSpec")
     assert not get(cluster, namespace, "deployment", "in-s3-dataset")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import apply, condition, events, get, resource, status, wait_for
+from helpers import apply, condition, get, resource, status, wait_for, wait_for_warning
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools.operator_process import OperatorProcess
@@ -164,13 +164,7 @@ def test_a_child_name_owned_by_another_resource_is_never_taken(
     wait_for(lambda: conflict().get("reason") == "NameConflict", "NameConflict condition")
     assert "BioEngineDataset 'clash'" in conflict()["message"]
     assert status(cluster, namespace, "mr", "clash-dataset")["phase"] == "Failed"
-    wait_for(
-        lambda: any(
-            e["type"] == "Warning" and e["reason"] == "NameConflict" and "clash" in e["message"]
-            for e in events(cluster, namespace, "clash-dataset")
-        ),
-        "NameConflict Warning Event",
-    )
+    wait_for_warning(cluster, namespace, "clash-dataset", "NameConflict", "clash")
     # Three more reconciles of each (the test operator resyncs every 2 s): nothing flipped.
     counts = {n: reconciles(operator, namespace, n) for n in ("clash", "clash-dataset")}
     wait_for(
@@ -211,11 +205,5 @@ def test_host_path_datasets_are_refused_unless_allowed(
 
     wait_for(lambda: ready().get("reason") == "HostPathNotAllowed", "HostPathNotAllowed")
     assert "/etc" in ready()["message"]
-    wait_for(
-        lambda: any(
-            e["type"] == "Warning" and e["reason"] == "HostPathNotAllowed"
-            for e in events(cluster, namespace, "node-files")
-        ),
-        "HostPathNotAllowed Warning Event",
-    )
+    wait_for_warning(cluster, namespace, "node-files", "HostPathNotAllowed")
     assert not get(cluster, namespace, "deployment", "node-files-dataset")

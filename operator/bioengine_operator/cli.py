@@ -10,11 +10,10 @@ import argparse
 import os
 from pathlib import Path
 
-import kopf
-
-from bioengine_operator import handlers, logs, metrics
+from bioengine_operator import handlers, kopf_runner, logs, metrics
 from bioengine_operator.controllers import kube
 from bioengine_operator.controllers.outcome import Settings
+from bioengine_operator.dataserver import tokens
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,20 +102,17 @@ def start_observability(args: argparse.Namespace) -> None:
         metrics.serve(args.metrics_address)
 
 
-def run_kopf(namespaces: list[str], liveness: str | None) -> None:
-    """Run the registered handlers: one process per cluster, so no peering (standalone)."""
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     start_observability(args)
     public_key = args.token_public_key_file.read_text() if args.token_public_key_file else None
+    if public_key is not None:
+        try:  # refuse a wrong key at start, not at the first dataset read
+            tokens.load_public_key(public_key)
+        except ValueError as err:
+            raise SystemExit(
+                f"--token-public-key-file {args.token_public_key_file}: {err}"
+            ) from None
     kube.configure(pool_size=args.workers + 2)
     handlers.register_all(
         Settings(
@@ -129,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         args.workers,
     )
-    run_kopf(args.namespace, args.liveness)
+    kopf_runner.run(args.namespace, args.liveness)
 
 
 if __name__ == "__main__":

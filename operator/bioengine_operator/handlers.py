@@ -15,10 +15,11 @@ from typing import Any
 import kopf
 import prometheus_client
 
+from bioengine_operator import kopf_runner
 from bioengine_operator.api.base import API_VERSION, GROUP, VERSION
 from bioengine_operator.api.crds import APP, DATASET, KINDS, MODEL_RUNNER
 from bioengine_operator.builders.meta import MANAGED_BY, MANAGED_BY_LABEL
-from bioengine_operator.controllers import app, dataset, loop, modelrunner, outcome
+from bioengine_operator.controllers import app, dataset, kube, loop, modelrunner, outcome
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ CHILD_RESOURCES = (
 
 def owner_of(body: kopf.Body) -> loop.Key | None:
     """The BioEngine resource controlling ``body``, as a loop key."""
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("apiVersion") == API_VERSION:
-            return (ref["kind"], body["metadata"]["namespace"], ref["name"])
-    return None
+    ref = kube.controller_of(dict(body))
+    if ref is None or ref.get("apiVersion") != API_VERSION:
+        return None
+    return (ref["kind"], body["metadata"]["namespace"], ref["name"])
 
 
 def register_all(settings: outcome.Settings, workers: int) -> loop.Loop:
@@ -51,12 +52,7 @@ def register_all(settings: outcome.Settings, workers: int) -> loop.Loop:
 
     @kopf.on.startup()
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Watches that silently stop delivering events are a known kopf failure mode without
-        # explicit timeouts (nolar/kopf#585, #957): reconnect well within the server's limit.
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.watching.connect_timeout = 30
-        settings.networking.request_timeout = 60
+        kopf_runner.configure_watching(settings)
         reconcile_loop.start()
 
     @kopf.on.cleanup()
@@ -69,7 +65,7 @@ def register_all(settings: outcome.Settings, workers: int) -> loop.Loop:
 
     async def resource_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            reconcile_loop.forget(body)
+            reconcile_loop.forget(loop.key_of(body))
         else:
             reconcile_loop.observe(dict(body))
 

@@ -82,7 +82,7 @@ class ModelRunnerSpec(Placement):
     image: str | None = Field(
         None,
         min_length=1,
-        description="Triton Inference Server image; empty uses the operator's default "
+        description="Triton Inference Server image; unset uses the operator's default "
         f"(--triton-image, {DEFAULT_TRITON_IMAGE} unless the chart sets another), so an "
         "operator upgrade can move runners to a newer Triton, one color at a time.",
     )

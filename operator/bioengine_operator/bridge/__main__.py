@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from bioengine_operator import cli
+from bioengine_operator import cli, kopf_runner
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
 from bioengine_operator.bridge import hypha
@@ -134,8 +134,7 @@ def install(args: argparse.Namespace) -> None:
 
     @kopf.on.startup()
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        kopf_runner.configure_watching(settings)
         settings.posting.enabled = False  # read-only: the bridge writes nothing to the cluster
         # Nor does it remove kopf's default finalizer (left by old operator versions): that
         # is the operator's; with a name of its own the bridge leaves it alone.
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     cli.start_observability(args)
     install(args)
-    cli.run_kopf(args.namespace, args.liveness)
+    kopf_runner.run(args.namespace, args.liveness)
 
 
 if __name__ == "__main__":

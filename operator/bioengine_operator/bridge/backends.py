@@ -208,7 +208,8 @@ class DatasetClient:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.dataset_id, self.key, self.session = dataset_id, key, session
-        self.timeout = aiohttp.ClientTimeout(total=call_timeout, sock_connect=5)
+        # No total limit: a stream of any size may take its time, as long as bytes keep coming.
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=call_timeout)
 
     def token(self, user: str, ttl_seconds: int = 300) -> str:
         return tokens.mint(self.key, user=user, dataset=self.dataset_id, ttl_seconds=ttl_seconds)

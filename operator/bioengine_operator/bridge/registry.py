@@ -17,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
+import time
 from typing import Any
 
 import aiohttp
 import prometheus_client
 
 from bioengine_operator import metrics
+from bioengine_operator.api.base import API_VERSION
 from bioengine_operator.bridge import services
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired, desired
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.hypha import HyphaConnection
+from bioengine_operator.controllers import kube
 from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)
@@ -71,10 +75,12 @@ class Registry:
         self.limits, self.signing_key = limits, signing_key
         self.resync_seconds = resync_seconds
         self.bodies: dict[Key, dict[str, Any]] = {}
+        self.seen: dict[Key, float] = {}  # when each body last arrived (monotonic)
         self.wanted: dict[Key, Desired] = {}
         self.registered: dict[Key, Registration] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._again: set[Key] = set()
+        self.leftover: dict[str, int] = {}  # service id -> connection generation
         self.session: aiohttp.ClientSession | None = None
 
     # -- inputs (on the event loop) -----------------------------------------------------
@@ -83,6 +89,7 @@ class Registry:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
         previous = self.bodies.get(key) or {}
         self.bodies[key] = body
+        self.seen[key] = time.monotonic()
         registration = self.registered.get(key)
         if registration and _revision(previous) != _revision(body):
             for pair in registration.closers:
@@ -97,6 +104,7 @@ class Registry:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
         self.bodies.pop(key, None)
+        self.seen.pop(key, None)
         self.wanted.pop(key, None)
         self.kick(key)
 
@@ -115,17 +123,33 @@ class Registry:
             return
         self._tasks[key] = asyncio.create_task(self._converge(key), name=f"register {key}")
 
-    async def run(self) -> None:
-        """Open the HTTP session and retry what has not converged, every few seconds."""
+    async def run(self, prune_every: int = 12) -> None:
+        """Open the HTTP session and retry what has not converged, every few seconds; now
+        and then, drop resources deleted while the watch was reconnecting."""
         self.session = aiohttp.ClientSession()
         try:
-            while True:
+            for round_ in itertools.count(1):
                 await asyncio.sleep(self.resync_seconds)
+                if round_ % prune_every == 0:
+                    await self._prune()
                 for key in {*self.wanted, *self.registered}:
                     if not self._converged(key):
                         self.kick(key)
+                for service_id, generation in list(self.leftover.items()):
+                    await self._remove([service_id], generation)
         finally:
             await self.session.close()
+
+    async def _prune(self) -> None:
+        listed_at = time.monotonic()
+        try:
+            existing = await asyncio.to_thread(kube.existing, API_VERSION, list(self.bodies))
+        except Exception as err:  # best effort; tried again next time
+            logger.warning("cannot list the watched resources: %s", _text(err))
+            return
+        for key in list(self.bodies):
+            if key not in existing and self.seen.get(key, 0.0) < listed_at:
+                self.forget(*key)
 
     def _converged(self, key: Key) -> bool:
         registration = self.registered.get(key)
@@ -158,24 +182,43 @@ class Registry:
 
     async def _unregister(self, key: Key, registration: Registration) -> None:
         del self.registered[key]
-        if registration.generation == self.hypha.generation:
-            for service_id in registration.service_ids:
-                try:
-                    await asyncio.wait_for(self.hypha.unregister(service_id), timeout=10)
-                except Exception as err:  # already gone with a dropped connection
-                    logger.info("unregistering %s: %s", service_id, err)
+        await self._remove(registration.service_ids, registration.generation)
         await _close(registration)
         logger.info("unregistered %s %s/%s", *key)
+
+    async def _remove(self, service_ids: list[str], generation: int) -> None:
+        """Unregister ``service_ids`` made on connection ``generation``; what fails is kept
+        in ``leftover`` and tried again every round, while that connection lasts (a fresh
+        connection holds none of them)."""
+        for service_id in service_ids:
+            self.leftover.pop(service_id, None)
+            if generation != self.hypha.generation:
+                continue
+            try:
+                await asyncio.wait_for(self.hypha.unregister(service_id), timeout=10)
+            except Exception as err:
+                if "not found" in str(err).lower():
+                    continue  # never made, or gone already: nothing to remove
+                logger.info("unregistering %s failed, will retry: %s", service_id, _text(err))
+                self.leftover[service_id] = generation
 
     async def _register(self, key: Key, want: Desired) -> None:
         generation = self.hypha.generation
         closers: list[TritonPair] = []
+        ids: list[str] = []
         try:
             definitions, closers = await self._build(key, want)
-            ids = [await asyncio.wait_for(self.hypha.register(d), timeout=30) for d in definitions]
-        except Exception as err:  # retried on a later round
+            for definition in definitions:
+                # Counted as made before the call returns: a timeout may come after Hypha
+                # registered it.
+                ids.append(definition["id"])
+                await asyncio.wait_for(self.hypha.register(definition), timeout=30)
+            if self.hypha.generation != generation:
+                raise ConnectionError("the Hypha connection was renewed while registering")
+        except Exception as err:  # undone, and retried on a later round
             REGISTRATION_ERRORS.labels(want.kind).inc()
-            logger.warning("cannot register %s %s/%s yet: %s", *key, err or repr(err))
+            logger.warning("cannot register %s %s/%s yet: %s", *key, _text(err))
+            await self._remove(ids, generation)
             for pair in closers:
                 await pair.close()
             return
@@ -215,8 +258,10 @@ class Registry:
         ], []
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for key, registration in list(self.registered.items()):
             await self._unregister(key, registration)
 
@@ -235,6 +280,11 @@ class Registry:
         for kind, _, _ in list(self.registered):
             counts[(kind,)] = counts.get((kind,), 0) + 1
         return counts
+
+
+def _text(err: BaseException) -> str:
+    """An error's message, or its repr when it has none (a bare TimeoutError)."""
+    return str(err) or repr(err)
 
 
 def _revision(body: dict[str, Any]) -> str | None:

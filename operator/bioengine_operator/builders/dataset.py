@@ -35,6 +35,11 @@ class HostPathNotAllowed(UnsupportedSource):
     reason = "HostPathNotAllowed"
 
 
+def selector(owner: meta.Owner) -> dict[str, str]:
+    """The dataset server's pods: what its Deployment and Service select."""
+    return {f"{meta.PREFIX}/bioenginedataset": owner.name, "app.kubernetes.io/name": COMPONENT}
+
+
 def server_name(owner: meta.Owner) -> str:
     return f"{owner.name}-dataset"
 
@@ -106,7 +111,6 @@ def deployment(
     if sub_path:
         data_mount["subPath"] = sub_path
     scratch, scratch_mounts = meta.scratch_volumes(shm_limit="64Mi")
-    selector = {f"{meta.PREFIX}/bioenginedataset": owner.name, "app.kubernetes.io/name": COMPONENT}
     # Roll the pods when the manifest or the key changes: both are read once at start.
     config_hash = meta.digest(config_map(owner, spec, public_key)["data"])
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
@@ -141,10 +145,10 @@ def deployment(
         "metadata": meta.metadata(owner, server_name(owner), COMPONENT),
         "spec": {
             "replicas": spec.replicas,
-            "selector": {"matchLabels": selector},
+            "selector": {"matchLabels": selector(owner)},
             "template": {
                 "metadata": {
-                    "labels": {**meta.labels(owner, COMPONENT), **selector},
+                    "labels": {**meta.labels(owner, COMPONENT), **selector(owner)},
                     "annotations": {
                         f"{meta.PREFIX}/config-hash": config_hash,
                         **meta.scrape_annotations(PORT),
@@ -189,10 +193,7 @@ def service(owner: meta.Owner) -> dict[str, Any]:
         "kind": "Service",
         "metadata": meta.metadata(owner, server_name(owner), COMPONENT),
         "spec": {
-            "selector": {
-                f"{meta.PREFIX}/bioenginedataset": owner.name,
-                "app.kubernetes.io/name": COMPONENT,
-            },
+            "selector": selector(owner),
             "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
         },
     }

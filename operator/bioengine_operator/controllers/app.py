@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
 from bioengine_operator.builders import dataset as dataset_builder
@@ -30,7 +32,8 @@ DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
 def resolve_datasets(
     owner: meta.Owner, names: list[str], host_path_prefixes: tuple[str, ...]
 ) -> tuple[list[rayservice.MountedDataset], list[str]]:
-    """The app's datasets as mounts, and the names that do not exist."""
+    """The app's datasets as mounts, and those that cannot be used (missing, or with a spec
+    the operator refuses), each named with the reason."""
     found: list[rayservice.MountedDataset] = []
     missing: list[str] = []
     for name in names:
@@ -39,7 +42,11 @@ def resolve_datasets(
             missing.append(name)
             continue
         ds_owner = meta.Owner.from_body(body)
-        spec = BioEngineDatasetSpec.model_validate(body["spec"])
+        try:
+            spec = BioEngineDatasetSpec.model_validate(body["spec"])
+        except ValidationError:
+            missing.append(f"{name} (its spec is invalid)")
+            continue
         volume: dict[str, Any] | None
         try:
             volume, sub_path = dataset_builder.volume(spec, host_path_prefixes)

@@ -143,6 +143,18 @@ def list_(api_version: str, kind: str, namespace: str, selector: Mapping[str, st
     return list(found.get("items") or [])
 
 
+def existing(api_version: str, keys: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """Which of ``keys`` (kind, namespace, name) exist now: one list per kind and namespace.
+
+    For watchers to drop what was deleted while their watch was reconnecting (a re-list
+    reports what exists, never what went away)."""
+    found: set[tuple[str, str, str]] = set()
+    for kind, namespace in {(k, ns) for k, ns, _ in keys}:
+        for obj in list_(api_version, kind, namespace, {}):
+            found.add((kind, namespace, obj["metadata"]["name"]))
+    return found
+
+
 def controller_of(obj: Object) -> Mapping[str, Any] | None:
     """The ownerReference marked ``controller``, if any."""
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
@@ -188,7 +200,8 @@ def apply_owned(
     """Apply every child, after checking that none of their names is taken by someone else.
 
     ``known`` holds children the caller has just read (by kind and name), so they are not
-    read twice. Either every child is applied or, on a conflict, none is.
+    read twice. On a name conflict none is applied; an API error while applying may leave
+    the first ones applied (the next reconcile applies the rest).
     """
     children = list(children)
     known = known or {}

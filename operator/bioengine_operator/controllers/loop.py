@@ -7,7 +7,10 @@ the latest body of every object and a :class:`~.workqueue.WorkQueue` of keys to 
 * every ``resync_seconds`` every object is queued again: drift nothing told us about, a
   missing ConfigMap created since, time-based checks;
 * a reconciler may ask to be called again at a given time (an app becoming Stuck);
-* a reconcile that raised is retried with a growing backoff, and never blocks the others.
+* a reconcile that raised is retried with a growing backoff, and never blocks the others;
+* an object being deleted is dropped at once (its children go with it), and at every resync
+  the objects are listed, so one deleted while a watch was reconnecting (kopf sends no
+  DELETED for it) is dropped too.
 
 Nothing here is stored on the objects: no finalizers, no annotations. Deleting a resource
 needs no operator, and a user cannot stall the operator by filling up an object's metadata.
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import functools
 import logging
 import time
@@ -29,7 +31,8 @@ from typing import Any
 import prometheus_client
 
 from bioengine_operator import logs, metrics
-from bioengine_operator.controllers import outcome
+from bioengine_operator.api.base import API_VERSION
+from bioengine_operator.controllers import kube, outcome
 from bioengine_operator.controllers.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class Loop:
         self.settings = settings
         self.workers = workers
         self.bodies: dict[Key, dict[str, Any]] = {}
+        self.seen: dict[Key, float] = {}  # when each body last arrived (monotonic)
         self.queue: WorkQueue[Key] = WorkQueue()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             workers, thread_name_prefix="reconcile"
@@ -83,13 +87,17 @@ class Loop:
         """The latest state of one of our objects: remember it and queue a reconcile."""
         key = key_of(body)
         if body["metadata"].get("deletionTimestamp"):
-            return  # being deleted: garbage collection removes the children
+            # Being deleted: garbage collection removes the children, and a reconcile now
+            # would only apply them again.
+            self.forget(key)
+            return
         self.bodies[key] = body
+        self.seen[key] = time.monotonic()
         self.queue.add(key)
 
-    def forget(self, body: Mapping[str, Any]) -> None:
-        key = key_of(body)
+    def forget(self, key: Key) -> None:
         gone = self.bodies.pop(key, None)
+        self.seen.pop(key, None)
         self.queue.discard(key)
         if gone is not None:
             outcome.forget(gone["metadata"]["uid"])
@@ -113,10 +121,22 @@ class Loop:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _resync(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            listed_at = time.monotonic()
+            try:
+                existing = await loop.run_in_executor(
+                    self._executor, kube.existing, API_VERSION, list(self.bodies)
+                )
+            except Exception as err:  # listing is best effort: every object is queued anyway
+                logger.warning("cannot list the watched objects: %s", _describe(err))
+                existing = set(self.bodies)
             for key in list(self.bodies):
-                self.queue.add(key)
+                if key in existing or self.seen.get(key, 0.0) > listed_at:
+                    self.queue.add(key)
+                else:
+                    self.forget(key)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,10 +145,7 @@ class Loop:
             try:
                 body = self.bodies.get(key)
                 if body is not None:
-                    # A copy of the context carries kopf's Event-posting queue to the thread.
-                    call = functools.partial(
-                        contextvars.copy_context().run, self._reconcile, key, body
-                    )
+                    call = functools.partial(self._reconcile, key, body)
                     written = await loop.run_in_executor(self._executor, call)
                     if written is not None and self.bodies.get(key) is body:
                         self.bodies[key] = written  # newer than what we reconciled

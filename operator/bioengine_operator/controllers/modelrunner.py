@@ -17,6 +17,7 @@ from bioengine_operator.controllers import kube
 from bioengine_operator.controllers.outcome import Context, Outcome, common_status, with_spec
 
 Object = dict[str, Any]
+TERMINATED = ("Failed", "Succeeded")
 
 
 def _pod_ready(pod: Object) -> bool:
@@ -30,10 +31,13 @@ def observe(deployment: Object | None, pods: list[Object]) -> bluegreen.Observed
     """A color from its Deployment and its pods (the pods of this color only).
 
     Pods are counted, not the Deployment's status: right after a template change the status
-    still reports the old pods Ready, and they are about to go.
+    still reports the old pods Ready, and they are about to go. Pods that have terminated
+    (evicted, or stopped by a node shutdown: phase Failed or Succeeded) wait for garbage
+    collection but hold nothing and are replaced, so they do not count.
     """
     if deployment is None:
         return bluegreen.ABSENT
+    pods = [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINATED]
     revision = deployment["metadata"].get("labels", {}).get(triton.REVISION_LABEL)
     wanted = deployment["spec"].get("replicas", 1)
     current = [

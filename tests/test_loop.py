@@ -1,0 +1,125 @@
+"""The reconcile loop's work queue and bookkeeping, without a cluster.
+
+``kube.existing`` and the reconcilers are replaced here (a seam, named as such); the loop
+runs on a real asyncio event loop and a real thread pool. The end-to-end tests run it
+against the real API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from bioengine_operator.controllers import kube, loop, outcome
+from bioengine_operator.controllers.workqueue import WorkQueue
+
+
+def test_a_key_waits_once_and_is_never_processed_twice_at_once() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue()
+        for _ in range(10):
+            queue.add("a")
+        queue.add("b")
+        assert len(queue) == 2
+        first = await queue.get()
+        assert first == "a"
+        queue.add("a")  # an event while "a" is being processed ...
+        assert await queue.get() == "b"  # ... does not hand "a" to a second worker
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(queue.get(), timeout=0.05)
+        queue.done("a")  # ... and is not lost: "a" comes back once its worker is done
+        assert await asyncio.wait_for(queue.get(), timeout=1) == "a"
+
+    asyncio.run(scenario())
+
+
+def test_add_after_keeps_the_earliest_time_and_backoff_grows() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(backoff=(0.01, 0.5))
+        queue.add_after("a", 30)
+        queue.add_after("a", 0.01)  # earlier wins
+        assert await asyncio.wait_for(queue.get(), timeout=1) == "a"
+        queue.done("a")
+        assert queue.backoff("a") == 0.01
+        assert await asyncio.wait_for(queue.get(), timeout=1) == "a"
+        queue.done("a")
+        assert queue.backoff("a") == 0.5  # grows on repeated failure
+        queue.forget("a")
+        queue.discard("a")  # the pending retry is dropped with the object
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(queue.get(), timeout=0.7)
+        assert queue.backoff("a") == 0.01  # forget reset the count
+
+    asyncio.run(scenario())
+
+
+def body(name: str, uid: str = "u") -> dict[str, Any]:
+    return {
+        "apiVersion": "bioengine.bioimage.io/v1alpha1",
+        "kind": "ModelRunner",
+        "metadata": {"name": name, "namespace": "lab", "uid": f"{uid}-{name}"},
+        "spec": {},
+    }
+
+
+def test_resync_drops_what_was_deleted_during_a_watch_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf re-lists after a watch gap but sends no DELETED for what went away meanwhile."""
+    reconciled: list[str] = []
+    lock = threading.Lock()
+
+    def reconcile(obj: dict[str, Any], ctx: outcome.Context) -> outcome.Outcome:
+        with lock:
+            reconciled.append(obj["metadata"]["name"])
+        return outcome.Outcome({})
+
+    monkeypatch.setattr(
+        kube, "existing", lambda api_version, keys: {k for k in keys if k[2] != "gone"}
+    )
+
+    async def scenario() -> None:
+        running = loop.Loop({"ModelRunner": reconcile}, outcome.Settings(resync_seconds=0.05), 2)
+        running.start()
+        try:
+            running.observe(body("kept"))
+            running.observe(body("gone"))
+            await asyncio.sleep(0.3)
+            assert ("ModelRunner", "lab", "gone") not in running.bodies
+            assert ("ModelRunner", "lab", "kept") in running.bodies
+            before = len(reconciled)
+            await asyncio.sleep(0.2)
+            with lock:
+                later = reconciled[before:]
+            assert later and set(later) == {"kept"}  # resyncs go on, for what exists
+        finally:
+            await running.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_object_being_deleted_is_not_reconciled_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube, "existing", lambda api_version, keys: set(keys))
+    reconciled: list[str] = []
+
+    def reconcile(obj: dict[str, Any], ctx: outcome.Context) -> outcome.Outcome:
+        reconciled.append(obj["metadata"]["name"])
+        return outcome.Outcome({})
+
+    async def scenario() -> None:
+        running = loop.Loop({"ModelRunner": reconcile}, outcome.Settings(resync_seconds=0.05), 1)
+        deleting = body("doomed")
+        deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        running.observe(body("doomed"))
+        running.observe(deleting)  # before any worker ran: the queued reconcile is dropped
+        running.start()
+        try:
+            running.child_changed(("ModelRunner", "lab", "doomed"))  # the GC deleting a child
+            await asyncio.sleep(0.3)
+        finally:
+            await running.stop()
+        assert reconciled == []
+        assert not running.bodies
+
+    asyncio.run(scenario())
