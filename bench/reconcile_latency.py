@@ -30,7 +30,14 @@ def app(name: str) -> dict:
         "apiVersion": "bioengine.bioimage.io/v1alpha1",
         "kind": "BioEngineApp",
         "metadata": {"name": name},
-        "spec": {"entry": "main:App", "source": {"image": {}}},
+        "spec": {
+            "name": name,
+            "id": name,
+            "description": "A benchmark app.",
+            "formatVersion": "0.6.0",
+            "entry": "main:App",
+            "source": {"image": {}},
+        },
     }
 
 
@@ -65,8 +72,8 @@ def direct_children(namespace: str, apps: list[str]) -> list[dict]:
     for name in apps:
         owner = meta.Owner("BioEngineApp", name, namespace, "00000000-0000-0000-0000-000000000000")
         spec = BioEngineAppSpec.model_validate(app(name)["spec"])
-        cm = rayservice.entry_config_map(owner, spec)
-        rs = rayservice.ray_service(owner, spec, [])
+        cm = rayservice.entry_config_map(owner)
+        rs = rayservice.ray_service(owner, spec, rayservice.Inputs())
         for obj in (cm, rs):
             del obj["metadata"]["ownerReferences"]  # no owner exists in the baseline
         objects += [cm, rs]

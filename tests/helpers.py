@@ -82,3 +82,16 @@ def json_log_records(path: Any) -> list[dict[str, Any]]:
     for record in records:
         assert {"time", "level", "logger", "message"} <= record.keys(), record
     return records
+
+
+def app_spec(**fields: Any) -> dict[str, Any]:
+    """A minimal BioEngineApp spec of format 0.6.0 (code in the image), with ``fields``."""
+    return {
+        "name": "App",
+        "id": "app",
+        "description": "A test app.",
+        "formatVersion": "0.6.0",
+        "entry": "main:App",
+        "source": {"image": {}},
+        **fields,
+    }

@@ -38,12 +38,17 @@ def test_status_keeps_unknown_fields() -> None:
 
 
 def test_schema_is_structural() -> None:
-    """No $ref, anyOf or null defaults survive; every node has a type or int-or-string."""
+    """No $ref, anyOf or null defaults survive; every node has a type, or is int-or-string,
+    or keeps any value (the format 0.5 fields, kept only to be refused by name)."""
 
     def walk(node: dict, where: str) -> None:
         assert not {"$ref", "anyOf", "oneOf", "allOf", "$defs", "title"} & set(node), where
         assert node.get("default", 0) is not None, where
-        assert "type" in node or node.get("x-kubernetes-int-or-string"), where
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        ), where
         for name, sub in node.get("properties", {}).items():
             walk(sub, f"{where}.{name}")
         if isinstance(node.get("additionalProperties"), dict):
@@ -72,18 +77,31 @@ def test_examples_cover_every_kind_and_validate() -> None:
     assert kinds == set(SPECS)
 
 
-MINIMAL_APP = {"entry": "main:App", "source": {"configMap": {"name": "code"}}}
+MINIMAL_APP = {
+    "name": "App",
+    "id": "app",
+    "description": "An app.",
+    "formatVersion": "0.6.0",
+    "entry": "main:App",
+    "source": {"configMap": {"name": "code"}},
+}
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"entry": "not an import path"}, "String should match pattern"),
+        ({"id": "Not_An_Id"}, "String should match pattern"),
         ({"source": {}}, "exactly one of configMap, uri, image"),
         ({"source": {"uri": "https://x/app.zip", "image": {}}}, "exactly one of"),
         ({"source": {"uri": "ftp://x/app.zip"}}, "String should match pattern"),
         ({"datasets": "cells"}, "valid list"),
         ({"unknownField": 1}, "Extra inputs are not permitted"),
+        ({"formatVersion": "0.5.0"}, "formatVersion must be 0.6.0"),
+        ({"deployments": ["a:B"]}, "deployments is a format 0.5 field .* constructor type hints"),
+        ({"deploymentConfig": {}}, "deploymentConfig is a format 0.5 field"),
+        ({"classes": {"A": {"numReplicas": 2, "autoscaling": {}}}}, "numReplicas or autoscaling"),
+        ({"frontendEntry": "/etc/passwd"}, "String should match pattern"),
     ],
 )
 def test_invalid_app_specs_are_refused(change: dict, message: str) -> None:
@@ -94,8 +112,8 @@ def test_invalid_app_specs_are_refused(change: dict, message: str) -> None:
 def test_defaults_fill_a_minimal_app() -> None:
     spec = app.BioEngineAppSpec.model_validate(MINIMAL_APP)
     assert spec.service.visibility == "protected"
-    assert spec.authorized_users == []
-    assert spec.deployment_config.max_ongoing_requests == 5
+    assert spec.authorized_users == ["*"]
+    assert spec.type == "ray-serve" and spec.classes == {} and spec.disable_gpu is False
     assert spec.ray_cluster.ray_version == app.DEFAULT_RAY_VERSION
 
 
@@ -116,5 +134,7 @@ def test_cel_rules_are_in_the_crds() -> None:
         "exactly one of pvc, hostPath, s3 must be set",
         "minReplicas must not exceed maxReplicas",
         "args may not set flags the operator owns",
+        "formatVersion must be 0.6.0",
+        "exposedMethods is a format 0.5 field",
     ):
         assert message in text

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import apply, condition, get, resource, status, wait_for
+from helpers import app_spec, apply, condition, get, resource, status, wait_for
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process
@@ -35,10 +35,7 @@ def test_app_ready_follows_rayservice(no_kuberay: devcluster.DevCluster) -> None
         resource(
             "BioEngineApp",
             "mirror",
-            {
-                "entry": "main:App",
-                "source": {"image": {}},
-            },
+            app_spec(),
         ),
     )
     wait_for(lambda: get(dev, "default", "rayservice", "mirror"), "RayService created")

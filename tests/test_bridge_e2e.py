@@ -11,25 +11,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from conftest import register_logs
-from helpers import json_log_records, metric, resource, wait_for
+from helpers import (
+    app_spec,
+    condition,
+    json_log_records,
+    metric,
+    resource,
+    wait_for,
+    wait_for_warning,
+)
 from hypha_rpc import connect_to_server
 
 from bioengine_devtools.stack import (
     APP,
+    APPS_DIR,
+    COMPOSED,
     DATASET,
     NS,
     RUNNER,
+    TILES,
     WORKSPACE,
     BridgeStack,
     simulate_rayservice_status,
@@ -98,29 +111,183 @@ async def registered(stack: BridgeStack, service_id: str) -> bool:
 
 
 def test_app_methods_are_functions_and_arrays_pass_bit_exact(stack: BridgeStack) -> None:
+    """The nucleus app, rendered from apps/ and run by Ray Serve, answers through Hypha
+    exactly what its pipeline computes in-process."""
+    sys.path.insert(0, str(APPS_DIR / APP))
+    import nuclei
+
     async def scenario() -> None:
         alice = await client(stack, "alice")
         try:
             app = await alice.get_service(f"{WORKSPACE}/{APP}")
-            assert {"segment", "echo", "ping", "get_status"} <= set(app)
-            assert "brighter than the image mean" in app.segment.__doc__
-            image = np.random.default_rng(1).random((512, 512), dtype=np.float32)
-            np.testing.assert_array_equal(await app.segment(image), image > image.mean())
-            for array in (
-                np.random.default_rng(2).random((2048, 2048), dtype=np.float32),  # 16 MiB
-                np.arange(60_000, dtype=np.uint16).reshape(200, 300),
-                np.array([[np.nan, -0.0, np.inf]], dtype=np.float64),
-            ):
-                back = await app.echo(array)
-                assert back.dtype == array.dtype and back.shape == array.shape
-                assert back.tobytes() == array.tobytes()
-            assert await app.ping() == "pong"
+            assert {"segment", "stats", "get_status"} <= set(app)
+            image = nuclei.synthetic_nuclei(shape=(256, 256), seed=5)
+            labels, regions = nuclei.segment_nuclei(image, sigma=2.0, min_distance=5)
+            result = await app.segment(image)
+            assert result["labels"].dtype == labels.dtype
+            assert result["labels"].tobytes() == labels.tobytes()
+            assert result["regions"] == regions and result["count"] == 3
+            # keyword arguments, and a Field constraint checked in the app's replica
+            assert (await app.segment(image=image, min_distance=30))["count"] <= 3
+            with pytest.raises(Exception, match="greater than or equal to 1"):
+                await app.segment(image, min_distance=0)
             status = await app.get_status()
             assert status["phase"] == "Ready"
         finally:
             await alice.disconnect()
 
     run(scenario())
+
+
+def test_a_method_schema_lists_its_parameters_with_descriptions(stack: BridgeStack) -> None:
+    async def scenario() -> dict[str, Any]:
+        alice = await client(stack, "alice")
+        try:
+            app = await alice.get_service(f"{WORKSPACE}/{APP}")
+            return dict(app.segment.__schema__)
+        finally:
+            await alice.disconnect()
+
+    schema = run(scenario())
+    assert schema["name"] == "segment"
+    assert schema["description"].startswith("Segment nuclei")
+    properties = schema["parameters"]["properties"]
+    assert properties["image"]["description"] == "A 2D grayscale image (nuclear stain)."
+    assert properties["min_distance"] == {
+        "type": "integer",
+        "minimum": 1,
+        "default": 5,
+        "description": "Smallest distance in pixels between two nuclei's centres.",
+    }
+    assert schema["parameters"]["required"] == ["image"]
+    assert "context" not in properties
+
+
+def test_a_composed_app_calls_triton_through_its_runtime(stack: BridgeStack) -> None:
+    async def scenario() -> dict[str, Any]:
+        alice = await client(stack, "alice")
+        try:
+            app = await alice.get_service(f"{WORKSPACE}/{COMPOSED}")
+            image = np.full((2048, 2048), -4.0, dtype=np.float32)  # 16 MiB each way
+            image[100:200, 100:300] = 4.0
+            image[1000:1100, 50:60] = 4.0
+            result = await app.segment(image, threshold=0.5)
+            expected = (1 / (1 + np.exp(-image))).astype(np.float32)
+            np.testing.assert_allclose(result["probability"], expected, rtol=1e-6)
+            assert result["count"] == 2
+            return dict(await app.model_info())
+        finally:
+            await alice.disconnect()
+
+    assert run(scenario()) == {"model": "unet2d", "url": stack.tritons["blue"].grpc}
+
+
+def test_a_dataset_app_reads_the_mounted_zarr_and_serves_its_page(stack: BridgeStack) -> None:
+    async def scenario() -> dict[str, Any]:
+        alice = await client(stack, "alice")
+        try:
+            app = await alice.get_service(f"{WORKSPACE}/{TILES}")
+            assert "hela.zarr" in await app.list_files()
+            return dict(await app.tile_stats(array_path="hela.zarr", tile_size=100))
+        finally:
+            await alice.disconnect()
+
+    result = run(scenario())
+    assert result["shape"] == [256, 256] and len(result["tiles"]) == 9
+    corner = next(t for t in result["tiles"] if (t["y"], t["x"]) == (200, 200))
+    assert corner["mean"] == pytest.approx(float(stack.image[200:, 200:].astype(np.float64).mean()))
+    token = stack.hypha.token("alice", "alice@example.org", WORKSPACE, "read")
+    page = urllib.request.Request(
+        f"{stack.hypha.url}/{WORKSPACE}/apps/{TILES}-ui/index.html",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(page, timeout=30) as answer:
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert "<title>Zarr Tile Statistics</title>" in answer.read().decode()
+
+
+def test_per_method_authorized_users_are_enforced(stack: BridgeStack) -> None:
+    """The nucleus app lets alice segment but not read stats, and carol the other way."""
+
+    async def scenario() -> None:
+        alice, carol = await client(stack, "alice"), await client(stack, "carol")
+        try:
+            as_alice = await alice.get_service(f"{WORKSPACE}/{APP}")
+            as_carol = await carol.get_service(f"{WORKSPACE}/{APP}")
+            assert (await as_carol.stats())["default_sigma"] == 2.0
+            with pytest.raises(Exception, match=r"user alice .* is not authorized"):
+                await as_alice.stats()
+            with pytest.raises(Exception, match=r"user carol .* is not authorized"):
+                await as_carol.segment(np.zeros((8, 8), dtype=np.float32))
+        finally:
+            await alice.disconnect()
+            await carol.disconnect()
+
+    run(scenario())
+
+
+def test_a_browser_preflight_and_ranged_read_of_the_dataset_files_get_cors(
+    stack: BridgeStack,
+) -> None:
+    origin = "https://viewer.example.org"
+    url = f"{stack.hypha.url}/{WORKSPACE}/apps/{DATASET}-files/files/README.txt"
+    preflight = urllib.request.Request(
+        url,
+        method="OPTIONS",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, range",
+        },
+    )
+    with urllib.request.urlopen(preflight, timeout=30) as answer:
+        assert answer.status in (200, 204)
+        assert answer.headers["Access-Control-Allow-Origin"] == origin
+        assert "authorization" in answer.headers["Access-Control-Allow-Headers"].lower()
+        assert "GET" in answer.headers["Access-Control-Allow-Methods"]
+    token = stack.hypha.token("alice", "alice@example.org")
+    ranged = urllib.request.Request(
+        url, headers={"Origin": origin, "Authorization": f"Bearer {token}", "Range": "bytes=0-3"}
+    )
+    with urllib.request.urlopen(ranged, timeout=30) as answer:
+        assert answer.status == 206 and answer.read() == b"HeLa"
+        assert answer.headers["Access-Control-Allow-Origin"] == origin
+        assert "Content-Range" in answer.headers["Access-Control-Expose-Headers"]
+
+
+def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(
+    stack: BridgeStack, tmp_path: Path
+) -> None:
+    folder = Path(__file__).parent / "apps" / "flaky-app"
+    flag = tmp_path / "unwell"
+    settings = {"envVars": {"FAIL_SMOKE": "1", "FLAKY_FLAG": str(flag)}}
+    name = stack.apply_app(folder, settings)
+    try:
+        stack.deploy_apps()
+        app = stack.wait_app(name, "Failed")
+        serving = condition(app["status"], "ServeApplicationHealthy")
+        assert (serving["status"], serving["reason"]) == ("False", "SmokeTestFailed")
+        assert (
+            "ValueError: the smoke test found no cells in the reference image"
+            in (serving["message"])
+        )
+        assert condition(app["status"], "Ready")["status"] == "False"
+        wait_for_warning(stack.cluster, NS, name, "SmokeTestFailed", "found no cells")
+
+        stack.apply_app(folder, {"envVars": {"FLAKY_FLAG": str(flag)}})  # the fix
+        stack.wait_app(name, "Ready")
+        flag.touch()
+        app = stack.wait_app(name, "Degraded")
+        serving = condition(app["status"], "ServeApplicationHealthy")
+        assert (serving["status"], serving["reason"]) == ("False", "HealthCheckFailed")
+        assert serving["message"].startswith("Flaky: ")
+        wait_for_warning(stack.cluster, NS, name, "HealthCheckFailed")
+        flag.unlink()
+        stack.wait_app(name, "Ready")
+    finally:
+        stack.cluster.kubectl("-n", NS, "delete", "bea", name, "--wait=true")
+        wait_for(lambda: not stack.cluster.get(NS, "rayservice", name), "RayService collected")
+        stack.deploy_apps()
 
 
 def test_model_runner_infer_and_metadata(stack: BridgeStack) -> None:
@@ -185,7 +352,7 @@ def test_unauthorized_and_anonymous_callers_are_refused(stack: BridgeStack) -> N
             # her because the app's authorizedUsers does not list her.
             app = await carol.get_service(f"{WORKSPACE}/{APP}")
             with pytest.raises(Exception, match=r"user carol .* is not authorized"):
-                await app.ping()
+                await app.segment(np.zeros((8, 8), dtype=np.float32))
             # The dataset is public, so Hypha lets them reach it; the bridge refuses.
             dataset = await anonymous.get_service(f"{WORKSPACE}/{DATASET}")
             with pytest.raises(Exception, match="does not accept anonymous calls"):
@@ -305,7 +472,7 @@ def test_an_app_that_never_answers_delays_no_other_service(stack: BridgeStack) -
     only come up while the silent app's describe call is still pending if registrations do
     not wait for each other."""
     silent = SilentServer()
-    app = {**resource("BioEngineApp", "silent", {"entry": "main:App", "source": {"image": {}}})}
+    app = {**resource("BioEngineApp", "silent", app_spec())}
     app["metadata"]["namespace"] = NS
     stack.cluster.apply([app])
     try:

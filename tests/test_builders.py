@@ -182,15 +182,27 @@ def test_children_are_owned_by_the_resource() -> None:
 
 
 APP = {
+    "name": "Cell segmenter",
+    "id": "cell-segmenter",
+    "description": "Segments cells.",
+    "formatVersion": "0.6.0",
     "entry": "segmenter:CellSegmenter",
-    "deployments": ["helpers.pre:Pre"],
-    "source": {"configMap": {"name": "code"}},
-    "deploymentConfig": {
-        "rayActorOptions": {"numCpus": 2, "numGpus": 1, "memory": 1024},
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-        "maxOngoingRequests": 7,
+    "frontendEntry": "ui/index.html",
+    "source": {
+        "configMap": {
+            "name": "code",
+            "items": [
+                {"key": "segmenter.py", "path": "segmenter.py"},
+                {"key": "helpers--pre.py", "path": "helpers/pre.py"},
+            ],
+        }
     },
-    "runtimeEnv": {"pip": ["numpy"], "envVars": {"MODE": "fast"}},
+    "classes": {
+        "CellSegmenter": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+        "Pre": {"numReplicas": 2, "initKwargs": {"scale": 0.5}, "envVars": {"MODE": "fast"}},
+    },
+    "envVars": {"LAB": "kth"},
+    "disableGpu": True,
     "rayCluster": {
         "workerGroups": [
             {
@@ -206,47 +218,70 @@ APP = {
 CELLS = rayservice.MountedDataset(
     "cells", "http://cells-dataset.lab.svc:8080", {"persistentVolumeClaim": {"claimName": "c"}}
 )
+APP_INPUTS = rayservice.Inputs((CELLS,), code_hash="abc123", gpu_memory_mb=24576)
 
 
-def app_service(**changes: Any) -> dict[str, Any]:
+def app_service(inputs: rayservice.Inputs = APP_INPUTS, **changes: Any) -> dict[str, Any]:
     spec = BioEngineAppSpec.model_validate({**APP, **changes})
-    return rayservice.ray_service(APP_OWNER, spec, [CELLS])
+    return rayservice.ray_service(APP_OWNER, spec, inputs)
 
 
-def test_serve_config_follows_the_manifest() -> None:
+def test_serve_config_hands_the_manifest_and_overrides_to_the_runtime() -> None:
     config = yaml.safe_load(app_service()["spec"]["serveConfigV2"])
     (application,) = config["applications"]
     assert application["import_path"] == "bioengine_serve_entry:app"
     assert application["route_prefix"] == "/seg"
-    (entry,) = application["deployments"]
-    assert entry == {
-        "name": "CellSegmenter",
-        "max_ongoing_requests": 7,
-        "ray_actor_options": {"num_cpus": 2, "num_gpus": 1, "memory": 1024},
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+    args = application["args"]
+    assert args["entry"] == "segmenter:CellSegmenter"
+    assert args["frontendEntry"] == "ui/index.html"
+    assert (args["gpuMemoryMb"], args["disableGpu"]) == (24576, True)
+    assert args["classes"] == {
+        "CellSegmenter": {
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+            "initKwargs": {},
+            "envVars": {},
+        },
+        "Pre": {"numReplicas": 2, "initKwargs": {"scale": 0.5}, "envVars": {"MODE": "fast"}},
     }
-    env = application["runtime_env"]
-    assert env["pip"] == ["numpy"]
-    assert env["env_vars"]["MODE"] == "fast"
-    assert json.loads(env["env_vars"]["BIOENGINE_DATASETS"]) == {
-        "cells": {"url": "http://cells-dataset.lab.svc:8080", "path": "/data/cells"}
+    env = args["envVars"]
+    assert (env["LAB"], env["BIOENGINE_APP_ID"]) == ("kth", "cell-segmenter")
+    assert json.loads(env["BIOENGINE_DATASETS"]) == {
+        "cells": {"url": "http://cells-dataset.lab.svc:8080", "mounted": True}
     }
-    assert "working_dir" not in env
+    assert "runtime_env" not in application
 
 
 def test_uri_source_becomes_working_dir() -> None:
     rs = app_service(source={"uri": "https://hypha.example.org/app.zip"})
-    env = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["runtime_env"]
-    assert env["working_dir"] == "https://hypha.example.org/app.zip"
+    application = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    assert application["runtime_env"] == {"working_dir": "https://hypha.example.org/app.zip"}
 
 
-def test_code_and_datasets_are_mounted_read_only() -> None:
-    head = app_service()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+def test_code_and_datasets_are_mounted_read_only_with_the_folder_tree() -> None:
+    template = app_service()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    head = template["spec"]
     mounts = {m["mountPath"]: m for m in head["containers"][0]["volumeMounts"]}
     for path in (rayservice.ENTRY_DIR, rayservice.APP_DIR, "/data/cells"):
         assert mounts[path]["readOnly"] is True
+    volumes = {v["name"]: v for v in head["volumes"]}
+    assert volumes["app"]["configMap"]["items"][1] == {
+        "key": "helpers--pre.py",
+        "path": "helpers/pre.py",
+    }
     env = {e["name"]: e["value"] for e in head["containers"][0]["env"]}
     assert env["PYTHONPATH"] == f"{rayservice.ENTRY_DIR}:{rayservice.APP_DIR}"
+    assert env["BIOENGINE_DATA_DIR"] == "/data"
+    assert template["metadata"]["annotations"] == {rayservice.CODE_HASH: "abc123"}
+
+
+def test_changed_code_changes_every_ray_pod_template() -> None:
+    def templates(code_hash: str) -> list[Any]:
+        cluster = app_service(rayservice.Inputs((CELLS,), code_hash))["spec"]["rayClusterConfig"]
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        return [g["template"] for g in groups]
+
+    for before, after in zip(templates("one"), templates("two"), strict=True):
+        assert before != after
 
 
 def test_gpu_worker_group() -> None:
@@ -261,16 +296,12 @@ def test_gpu_worker_group() -> None:
     assert ray_cluster["enableInTreeAutoscaling"] is True
 
 
-def test_entry_config_map_carries_the_entry_module() -> None:
-    spec = BioEngineAppSpec.model_validate(APP)
-    cm = rayservice.entry_config_map(APP_OWNER, spec)
-    assert "def build(" in cm["data"]["bioengine_serve_entry.py"]
+def test_runtime_config_map_carries_the_entry_the_codec_and_the_authoring_api() -> None:
+    cm = rayservice.entry_config_map(APP_OWNER)
+    assert "def app(" in cm["data"]["bioengine_serve_entry.py"]
     assert "def dumps(" in cm["data"]["bioengine_codec.py"]
-    assert json.loads(cm["data"]["bioengine-app.json"]) == {
-        "entry": "segmenter:CellSegmenter",
-        "deployments": ["helpers.pre:Pre"],
-        "exposedMethods": [],
-    }
+    assert "def app(" in cm["data"]["bioengine.py"]
+    assert set(cm["data"]) == {"bioengine_serve_entry.py", "bioengine_codec.py", "bioengine.py"}
 
 
 DATASET = {

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import (
+    app_spec,
     apply,
     condition,
     events,
@@ -70,13 +71,13 @@ def test_examples_are_reconciled(cluster: devcluster.DevCluster, namespace: str)
     assert runner_status["serviceId"] == "unet-runner"
     assert runner_status["endpoint"] == f"unet-runner.{namespace}.svc:8001"
 
-    wait_for(lambda: get(cluster, namespace, "rayservice", "cell-segmenter"), "RayService created")
+    wait_for(lambda: get(cluster, namespace, "rayservice", "zarr-tile-stats"), "RayService created")
     wait_for(lambda: items(cluster, namespace, "raycluster"), "KubeRay created the RayCluster")
     wait_for(lambda: get(cluster, namespace, "deployment", "cell-images-dataset"), "dataset server")
     # The app may have been reconciled before its dataset existed: it resolves on a retry.
     wait_for(
         lambda: (
-            condition(status(cluster, namespace, "bea", "cell-segmenter"), "DatasetsResolved").get(
+            condition(status(cluster, namespace, "bea", "zarr-tile-stats"), "DatasetsResolved").get(
                 "status"
             )
             == "True"
@@ -332,11 +333,7 @@ def test_bad_objects_get_conditions_and_do_not_block_good_ones(
     app = resource(
         "BioEngineApp",
         "orphan",
-        {
-            "entry": "main:App",
-            "source": {"configMap": {"name": "code"}},
-            "datasets": ["nope"],
-        },
+        app_spec(source={"configMap": {"name": "code"}}, datasets=["nope"]),
     )
     apply(cluster, namespace, app, runner("no-repo"))
     apply(
@@ -380,9 +377,8 @@ def test_app_becomes_rayservice_and_kuberay_raycluster(
     cluster: devcluster.DevCluster, namespace: str
 ) -> None:
     spec = {
-        "entry": "main:App",
-        "source": {"uri": "https://example.org/app.zip"},
-        "deploymentConfig": {"numReplicas": 2},
+        **app_spec(source={"uri": "https://example.org/app.zip"}),
+        "classes": {"App": {"numReplicas": 2}},
         "rayCluster": {
             "workerGroups": [
                 {
@@ -408,15 +404,15 @@ def test_app_becomes_rayservice_and_kuberay_raycluster(
     rayservice = get(cluster, namespace, "rayservice", "seg")
     assert rayservice["metadata"]["ownerReferences"][0]["kind"] == "BioEngineApp"
     serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    assert serve["applications"][0]["deployments"][0]["num_replicas"] == 2
+    assert serve["applications"][0]["args"]["classes"]["App"]["numReplicas"] == 2
 
-    spec["deploymentConfig"] = {"numReplicas": 3}
+    spec["classes"] = {"App": {"numReplicas": 3}}
     apply(cluster, namespace, resource("BioEngineApp", "seg", spec))
 
     def updated() -> bool:
         rs = get(cluster, namespace, "rayservice", "seg")
         config = yaml.safe_load(rs["spec"]["serveConfigV2"])
-        return bool(config["applications"][0]["deployments"][0]["num_replicas"] == 3)
+        return bool(config["applications"][0]["args"]["classes"]["App"]["numReplicas"] == 3)
 
     wait_for(updated, "RayService follows the app's spec")
     app_status = status(cluster, namespace, "bea", "seg")
@@ -426,7 +422,7 @@ def test_app_becomes_rayservice_and_kuberay_raycluster(
 
 def test_app_stuck_initializing_is_reported(cluster: devcluster.DevCluster, namespace: str) -> None:
     # Under kwok KubeRay never reaches the Ray dashboard, so the app really never gets Ready.
-    spec = {"entry": "main:App", "source": {"image": {}}, "initTimeoutSeconds": 10}
+    spec = app_spec(initTimeoutSeconds=10)
     apply(cluster, namespace, resource("BioEngineApp", "slow", spec))
     wait_for(lambda: phase(cluster, namespace, "bea", "slow") == "Stuck", "Stuck", timeout=60)
     stuck = condition(status(cluster, namespace, "bea", "slow"), "Stuck")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import apply, condition, get, resource, status, wait_for, wait_for_warning
+from helpers import app_spec, apply, condition, get, resource, status, wait_for, wait_for_warning
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools.operator_process import OperatorProcess
@@ -30,7 +30,7 @@ def runner(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def app(name: str, **spec: Any) -> dict[str, Any]:
-    return resource("BioEngineApp", name, {"entry": "main:App", "source": {"image": {}}, **spec})
+    return resource("BioEngineApp", name, app_spec(**spec))
 
 
 def dataset(name: str) -> dict[str, Any]:
@@ -133,6 +133,39 @@ def test_names_that_cannot_be_used_are_refused_at_apply(
     )
     assert refused.returncode != 0
     assert message in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"formatVersion": "0.5.0"},
+            "formatVersion must be 0.6.0: apps of format 0.4/0.5 (deployments lists, "
+            "deploymentConfig) must be migrated first",
+        ),
+        (
+            {"deployments": ["helpers:Pre"], "deploymentConfig": {"numReplicas": 2}},
+            "deployments is a format 0.5 field that format 0.6.0 dropped: compose classes "
+            "through constructor type hints",
+        ),
+    ],
+    ids=["format-0.5", "deployments-list"],
+)
+def test_a_format_05_app_is_refused_at_apply_with_the_migration(
+    cluster: devcluster.DevCluster, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    refused = cluster.kubectl(
+        "-n",
+        namespace,
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(app("old-app", **spec)),
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+    assert "docs/app-format.md#migrating-from-format-05" in refused.stderr
 
 
 def reconciles(operator: OperatorProcess, namespace: str, name: str) -> int:

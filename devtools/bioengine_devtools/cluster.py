@@ -466,6 +466,10 @@ class DevCluster:
         out = self.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
         return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
+    def list(self, namespace: str, kind: str) -> list[dict[str, Any]]:
+        out = self.kubectl("-n", namespace, "get", kind, "-o", "json")
+        return list(json.loads(out.stdout)["items"])
+
     def apply(self, objects: Sequence[dict[str, Any]]) -> None:
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
 

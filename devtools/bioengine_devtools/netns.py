@@ -8,6 +8,8 @@ process in it, so nothing Ray forked can outlive a test.
 Programs in the host namespace reach a port inside through :func:`relay`: a process that
 binds its listening socket on the host loopback *before* entering the namespace, then
 connects to the target from inside it (a socket keeps the namespace it was created in).
+:func:`reverse_relay` is the other way round, as a pod reaches a Service: it listens on a
+port inside and connects to the same port on the host loopback.
 """
 
 from __future__ import annotations
@@ -107,24 +109,43 @@ def relay(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
+    return _spawn(namespace, port, target_port, log), port
+
+
+def reverse_relay(namespace: LoopbackNamespace, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start a relay from ``127.0.0.1:port`` inside the namespace to the same host port, so
+    code inside reaches a host server at the address the host uses."""
+    return _spawn(namespace, port, port, log, "--reverse")
+
+
+def _spawn(
+    namespace: LoopbackNamespace, listen: int, target: int, log: Path, *flags: str
+) -> subprocess.Popen[bytes]:
+    """The relay process, once its listening socket is bound (it touches a ready file)."""
+    ready = log.with_suffix(".ready")
+    ready.unlink(missing_ok=True)
     proc = procs.spawn(
         [
             sys.executable,
             "-m",
             "bioengine_devtools.netns",
-            f"--listen-port={port}",
+            f"--listen-port={listen}",
             f"--netns={namespace.net_path}",
-            f"--target-port={target_port}",
+            f"--target-port={target}",
+            f"--ready-file={ready}",
+            *flags,
         ],
         log,
     )
+    procs.wait_for(ready.exists, "relay", 15, proc=proc, log=log)
+    return proc
 
-    def listening() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
 
-    procs.wait_for(listening, "relay", 15, proc=proc, log=log)
-    return proc, port
+def _setns(path: str | int) -> None:
+    fd = os.open(path, os.O_RDONLY) if isinstance(path, str) else path
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns failed")
+    os.close(fd)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -157,16 +178,21 @@ def main() -> None:
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--netns", required=True)
     parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument("--reverse", action="store_true", help="listen inside, connect out")
+    parser.add_argument("--ready-file", type=Path, help="touched once listening")
     args = parser.parse_args()
+    host = os.open("/proc/self/ns/net", os.O_RDONLY) if args.reverse else -1
+    if args.reverse:
+        _setns(args.netns)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.listen_port))  # bound in the host namespace
+    listener.bind(("127.0.0.1", args.listen_port))
     listener.listen(128)
-    fd = os.open(args.netns, os.O_RDONLY)
-    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-    os.close(fd)
-    asyncio.run(_serve(listener, args.target_port))  # upstream sockets: inside the netns
+    # Upstream sockets are made after this: inside the netns (relay) or on the host (reverse).
+    _setns(host if args.reverse else args.netns)
+    if args.ready_file:
+        args.ready_file.touch()
+    asyncio.run(_serve(listener, args.target_port))
 
 
 if __name__ == "__main__":

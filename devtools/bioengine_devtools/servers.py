@@ -10,6 +10,7 @@ and is reached through a relay.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -225,7 +226,11 @@ class RayServe:
     relay: subprocess.Popen[bytes] | None = None
     port: int = 0  # host port of the relay to Serve's HTTP proxy
 
-    def start(self, python_path: list[Path], timeout: float = 120.0) -> None:
+    def start(
+        self, python_path: list[Path], timeout: float = 120.0, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: what a Ray pod's container env would add (the workers inherit it)."""
+        self.reverse: list[subprocess.Popen[bytes]] = []
         self.namespace = netns.LoopbackNamespace(self.workdir)
         self.namespace.start()
         ray = venv("ray") / "bin"
@@ -235,6 +240,7 @@ class RayServe:
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": ":".join(str(p) for p in python_path),
+            **(env or {}),
         }
         log = self.workdir / "ray.log"
         try:
@@ -245,7 +251,8 @@ class RayServe:
                     "start",
                     "--head",
                     "--block",
-                    "--num-cpus=2",
+                    # Logical CPUs: several apps' replicas share this machine's two.
+                    "--num-cpus=8",
                     "--object-store-memory=200000000",
                     f"--temp-dir={self.temp}",
                     "--dashboard-host=127.0.0.1",
@@ -283,7 +290,34 @@ class RayServe:
         ):
             raise RuntimeError(f"serve deploy failed\n{procs.tail(self.workdir / 'ray.log')}")
 
+    def reach(self, port: int) -> None:
+        """Let code inside reach ``127.0.0.1:port`` of the host (as a pod reaches a Service)."""
+        assert self.namespace is not None
+        log = self.workdir / f"reverse-relay-{port}.log"
+        self.reverse.append(netns.reverse_relay(self.namespace, port, log))
+
+    def serve_status(self) -> dict[str, Any]:
+        """Serve's applications (status, message, deployments) from the dashboard's API."""
+        assert self.namespace is not None
+        result = subprocess.run(
+            [
+                *self.namespace.enter(),
+                "curl",
+                "-sf",
+                "http://127.0.0.1:8265/api/serve/applications/",
+            ],
+            capture_output=True,
+            env=self.env,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            return {}
+        return dict(json.loads(result.stdout).get("applications") or {})
+
     def stop(self) -> None:
+        for proc in getattr(self, "reverse", []):
+            procs.stop_group(proc.pid)
+        self.reverse = []
         if self.relay is not None:
             procs.stop_group(self.relay.pid)
             self.relay = None

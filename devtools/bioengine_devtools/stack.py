@@ -1,11 +1,20 @@
 """Everything the bridge needs, running for real on this machine (tests and benchmarks).
 
-A control plane (KubeRay CRDs, no KubeRay operator: the stack plays KubeRay's status writes,
-since no RayService can become Ready under kwok), the operator, a Hypha server, the
-shipped examples applied, and their backends as real local processes: two Triton servers
-for the runner's blue and green pods, the dataset server over real files, and Ray Serve
-running the app from exactly the RayService and ConfigMaps the operator wrote. The bridge
-learns where those backends are from an endpoints file, since kwok pods have no network.
+A control plane (KubeRay CRDs, no KubeRay operator: the stack plays KubeRay's part, since no
+RayService can become Ready under kwok), the operator, a Hypha server, the shipped examples
+applied, and their backends as real local processes: two Triton servers for the runner's
+blue and green pods, the dataset server over real files, and one Ray Serve running the
+apps of ``apps/`` — each rendered from its folder (``bioengine render``), applied, and
+deployed from exactly the RayService and ConfigMaps the operator wrote.
+
+Playing KubeRay means: ``serve deploy`` the RayServices' ``serveConfigV2`` (all apps in one
+Ray cluster, where KubeRay gives each its own), and copy Serve's application statuses into
+each RayService's status as KubeRay does (:meth:`BridgeStack.sync_rayservices`). Playing
+the kubelet means: the code ConfigMaps are written out as folders (``items`` applied), a
+dataset an app lists is linked under the folder ``BIOENGINE_DATA_DIR`` names, and the
+Triton ports are relayed into Ray's network namespace as a Service would be reachable.
+The bridge learns where the backends are from an endpoints file, since kwok pods have no
+network.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -26,6 +36,7 @@ import zarr
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process, procs, servers, tools
+from bioengine_operator import appfolder
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.dataserver import tokens
 
@@ -33,7 +44,13 @@ NS = "default"
 EXAMPLES = tools.REPO_ROOT / "examples"
 BRIDGE_USER = "bioengine-bridge"
 WORKSPACE = f"ws-user-{BRIDGE_USER}"  # the bridge user's own workspace: Hypha recreates it
-APP, RUNNER, DATASET = "cell-segmenter", "unet-runner", "cell-images"
+RUNNER, DATASET = "unet-runner", "cell-images"
+APPS_DIR = tools.REPO_ROOT / "apps"
+TEST_APPS = tools.REPO_ROOT / "tests" / "apps"
+# The apps of apps/ the stack runs: the nucleus app guards its methods (alice may segment,
+# carol may only read its stats), the composed one reaches the blue Triton, the tile one
+# reads the example dataset.
+APP, COMPOSED, TILES = "nucleus-segmentation", "probability-segmentation", "zarr-tile-stats"
 
 
 def example(name: str) -> list[dict[str, Any]]:
@@ -41,9 +58,15 @@ def example(name: str) -> list[dict[str, Any]]:
 
 
 def simulate_rayservice_status(
-    cluster: devcluster.DevCluster, namespace: str, name: str, ready: bool, reason: str
+    cluster: devcluster.DevCluster,
+    namespace: str,
+    name: str,
+    ready: bool,
+    reason: str,
+    applications: dict[str, Any] | None = None,
 ) -> None:
-    """Write the RayService status KubeRay would write (a simulation, named as such)."""
+    """Write the RayService status KubeRay would write (a simulation, named as such);
+    ``applications`` are Serve's statuses as KubeRay copies them."""
     cond = {
         "type": "Ready",
         "status": "True" if ready else "False",
@@ -52,7 +75,13 @@ def simulate_rayservice_status(
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }
     upgrade = {**cond, "type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"}
-    patch = {"status": {"conditions": [cond, upgrade], "numServeEndpoints": int(ready)}}
+    status: dict[str, Any] = {"conditions": [cond, upgrade], "numServeEndpoints": int(ready)}
+    if applications is not None:
+        status["activeServiceStatus"] = {
+            "rayClusterName": f"{name}-raycluster",
+            "applicationStatuses": applications,
+        }
+    patch = {"status": status}
     cluster.kubectl(
         "-n",
         namespace,
@@ -212,39 +241,118 @@ class BridgeStack:
         )
 
     def _start_app(self) -> None:
-        code, app = example("bioengineapp.yaml")
-        spec = dict(app["spec"])
-        # What cannot run here: pip installs (no network in Ray's namespace), GPUs, the
-        # example's dataset. Everything else is the example as shipped.
-        spec.pop("runtimeEnv")
-        spec.pop("datasets")
-        spec["deploymentConfig"] = {"rayActorOptions": {"numCpus": 0.5}}
-        spec["rayCluster"] = {}
-        self.cluster.apply(
-            [
-                {**code, "metadata": {**code["metadata"], "namespace": NS}},
-                {**app, "metadata": {**app["metadata"], "namespace": NS}, "spec": spec},
-            ]
-        )
-        self.wait(lambda: self.cluster.get(NS, "rayservice", APP), "RayService")
-        entry_cm = self.cluster.get(NS, "configmap", f"{APP}-bioengine-entry")
-        entry_dir, code_dir = self.workdir / "entry", self.workdir / "code"
-        for directory, data in ((entry_dir, entry_cm["data"]), (code_dir, code["data"])):
-            directory.mkdir()
-            for key, text in data.items():
-                (directory / key).write_text(text)
         self.ray = servers.RayServe(self.workdir)
-        self.ray.start([entry_dir, code_dir])
-        self._stoppers.append(self.ray.stop)
-        rayservice = self.cluster.get(NS, "rayservice", APP)
-        self.ray.deploy(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
-        url = f"http://127.0.0.1:{self.ray.port}/{APP}/__describe__"
-        self.wait(lambda: urllib.request.urlopen(url, timeout=5).status == 200, "Serve app", 180)
-        simulate_rayservice_status(self.cluster, NS, APP, True, "NonZeroServeEndpoints")
-        self.wait(
-            lambda: self.cluster.get(NS, "bea", APP).get("status", {}).get("phase") == "Ready",
-            "app Ready",
+        mounts = self.workdir / "mounts"
+        mounts.mkdir()
+        (mounts / DATASET).symlink_to(self.workdir / "dataset")
+        # One Ray cluster runs every app, where each gets its own on Kubernetes: each app's
+        # folder is on its PYTHONPATH (the apps of apps/ and tests/apps/, whose module
+        # names do not clash).
+        folders = sorted(APPS_DIR.glob("*/manifest.yaml")) + sorted(
+            TEST_APPS.glob("*/manifest.yaml")
         )
+        code = [self.workdir / "code" / path.parent.name for path in folders]
+        self.ray.start(
+            [self.workdir / "entry", *code],
+            env={"BIOENGINE_DATA_DIR": str(mounts)},
+        )
+        self._stoppers.append(self.ray.stop)
+        self.ray.reach(self.tritons["blue"].grpc_port)
+        self.deployed: dict[str, dict[str, Any]] = {}
+        for name in (APP, COMPOSED, TILES):
+            self.apply_app(APPS_DIR / name, self.app_overrides(name))
+        self.deploy_apps()
+        for name in (APP, COMPOSED, TILES):
+            self.wait_app(name, "Ready")
+
+    def app_overrides(self, name: str) -> dict[str, Any]:
+        """What a cluster admin would set for the apps here (the rest is each folder's own)."""
+        return {
+            APP: {
+                "authorizedUsers": ["alice"],
+                "methods": {"stats": {"authorizedUsers": ["carol"]}},
+                "classes": {"NucleusSegmenter": {"initKwargs": {"default_sigma": 2.0}}},
+            },
+            COMPOSED: {
+                "classes": {
+                    "TritonModel": {"initKwargs": {"triton_url": self.tritons["blue"].grpc}}
+                }
+            },
+            TILES: {
+                "datasets": [DATASET],
+                "classes": {"TileStatistics": {"initKwargs": {"dataset": DATASET}}},
+            },
+        }[name]
+
+    def apply_app(self, folder: Path, overrides: dict[str, Any]) -> str:
+        """Render ``folder`` as ``bioengine render`` does, apply it, and write out the code
+        ConfigMap as the kubelet mounts it (keys placed by ``items``)."""
+        objects = appfolder.render(folder, namespace=NS, overrides=overrides).objects
+        self.cluster.apply(objects)
+        name = objects[-1]["metadata"]["name"]
+        self.wait(lambda: self.cluster.get(NS, "rayservice", name), f"RayService {name}")
+        entry = self.workdir / "entry"
+        entry.mkdir(exist_ok=True)
+        runtime = self.cluster.get(NS, "configmap", f"{name}-bioengine-entry")
+        for key, text in runtime["data"].items():
+            (entry / key).write_text(text)
+        code = self.cluster.get(NS, "configmap", f"{name}-code")
+        source = objects[-1]["spec"]["source"]["configMap"]
+        places = {i["key"]: i["path"] for i in source.get("items", [])}
+        target = self.workdir / "code" / name
+        shutil.rmtree(target, ignore_errors=True)
+        for key, text in code["data"].items():
+            path = target / places.get(key, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return str(name)
+
+    def deploy_apps(self) -> None:
+        """``serve deploy`` every app's current serveConfigV2, as KubeRay would each one's."""
+        applications = []
+        self.deployed = {}
+        for body in self.cluster.list(NS, "rayservice"):
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            applications += yaml.safe_load(body["spec"]["serveConfigV2"])["applications"]
+            self.deployed[body["metadata"]["name"]] = body["spec"]["serveConfigV2"]
+        self.ray.deploy({"applications": applications})
+
+    def sync_rayservices(self) -> None:
+        """Copy Serve's application statuses into the RayServices, as KubeRay does; a
+        RayService whose serveConfigV2 changed is deployed again first."""
+        current = {b["metadata"]["name"]: b for b in self.cluster.list(NS, "rayservice")}
+        if any(self.deployed.get(n) != b["spec"]["serveConfigV2"] for n, b in current.items()):
+            self.deploy_apps()
+        statuses = self.ray.serve_status()
+        for name in current:
+            app = statuses.get(name)
+            if app is None:
+                continue
+            state = app["status"]
+            kuberay = {
+                name: {
+                    "status": state,
+                    "message": app.get("message", ""),
+                    "serveDeploymentStatuses": {
+                        d: {"status": v["status"], "message": v.get("message", "")}
+                        for d, v in app.get("deployments", {}).items()
+                    },
+                }
+            }
+            serving = state in ("RUNNING", "UNHEALTHY")
+            reason = "NonZeroServeEndpoints" if serving else "Initializing"
+            simulate_rayservice_status(self.cluster, NS, name, serving, reason, kuberay)
+
+    def wait_app(self, name: str, phase: str, timeout: float = 300) -> dict[str, Any]:
+        """Play KubeRay until the BioEngineApp ``name`` reaches ``phase``; its body."""
+
+        def reached() -> bool:
+            self.sync_rayservices()
+            return bool(self.cluster.get(NS, "bea", name).get("status", {}).get("phase") == phase)
+
+        self.wait(reached, f"app {name} {phase}", timeout)
+        return self.cluster.get(NS, "bea", name)
 
     # -- the bridge --------------------------------------------------------------------
 
@@ -254,7 +362,8 @@ class BridgeStack:
             f"bioenginedataset/{NS}/{DATASET}": f"http://127.0.0.1:{self.dataset_port}",
         }
         if self.with_app:
-            found[f"bioengineapp/{NS}/{APP}"] = f"http://127.0.0.1:{self.ray.port}/{APP}"
+            for name in self.deployed:
+                found[f"bioengineapp/{NS}/{name}"] = f"http://127.0.0.1:{self.ray.port}/{name}"
         return found
 
     def start_bridge(
@@ -295,7 +404,8 @@ class BridgeStack:
 
     def service_ids(self) -> list[str]:
         ids = [RUNNER, DATASET, f"{DATASET}-files"]
-        return [APP, *ids] if self.with_app else ids
+        apps = [APP, COMPOSED, TILES, f"{TILES}-ui"]
+        return [*apps, *ids] if self.with_app else ids
 
     def log_tails(self) -> str:
         logs = sorted(self.workdir.glob("*.log")) + sorted(self.cluster.logs.glob("*.log"))

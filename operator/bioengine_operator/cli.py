@@ -79,6 +79,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("BIOENGINE_TOKEN_PUBLIC_KEY_FILE"),
         help="PEM public key or certificate of the bridge's dataset token signing key",
     )
+    parser.add_argument(
+        "--gpu-memory-mb",
+        type=int,
+        default=int(env("BIOENGINE_GPU_MEMORY_MB", "0")),
+        help="memory of one GPU of the Ray worker pools in MiB: apps' gpu_memory_mb becomes "
+        "a share of a GPU; 0 gives such apps whole GPUs",
+    )
     return parser.parse_args(argv)
 
 
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             hypha_workspace=args.hypha_workspace,
             host_path_prefixes=tuple(args.host_path_prefix),
             token_public_key=public_key,
+            gpu_memory_mb=args.gpu_memory_mb,
         ),
         args.workers,
     )

@@ -1,16 +1,18 @@
-"""BioEngineApp: a Ray Serve application in the BioEngine app manifest's terms.
+"""BioEngineApp: a BioEngine app of format 0.6.0, run by Ray Serve on its own RayService.
 
-The manifest fields (``entry``, ``deployments``, ``deploymentConfig``, ``runtimeEnv``,
-``authorizedUsers``, ``description``, ``version``) follow the BioEngine app manifest
-(format 0.6) in Kubernetes' camelCase; ``source``, ``rayCluster``, ``datasets`` and
-``service`` say where the code comes from and where and how it runs.
+The spec is the app's ``manifest.yaml`` (:class:`AppManifest`, in Kubernetes' camelCase)
+plus what the manifest cannot say: where the code comes from (``source``), the Ray cluster,
+mounted datasets, the Hypha service, and a cluster admin's deploy-time overrides
+(``classes``, ``methods``, ``envVars``, ``disableGpu``). The fields format 0.6.0 dropped
+are refused by name, at ``kubectl apply``, with what replaced them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic.config import JsonDict
 
 from bioengine_operator.api.base import (
     DNS_1035,
@@ -28,19 +30,10 @@ from bioengine_operator.api.base import (
 from bioengine_operator.api.dataset import DATASET_NAME_MAX
 
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_RAY_IMAGE = f"rayproject/ray:{DEFAULT_RAY_VERSION}-py311"
 # KubeRay refuses RayService names over 47 characters (its RayCluster gets 6 more, up to 53).
 APP_NAME_MAX = 47
-
-
-class RayActorOptions(Model):
-    num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica (Ray num_cpus).")
-    num_gpus: float = Field(0, ge=0, description="GPUs reserved per replica (Ray num_gpus).")
-    memory: int | None = Field(
-        None, ge=0, description="Memory reserved per replica in bytes (Ray memory)."
-    )
 
 
 class Autoscaling(Model):
@@ -51,8 +44,9 @@ class Autoscaling(Model):
     )
 
 
-class DeploymentConfig(Model):
-    """Ray Serve options applied to the entry deployment."""
+class ClassOverride(Model):
+    """A cluster admin's deploy-time settings for one ``@bioengine.app`` class, on top of
+    what its decorator says."""
 
     model_config = with_rules(
         cel(
@@ -66,27 +60,57 @@ class DeploymentConfig(Model):
         ),
     )
 
-    ray_actor_options: RayActorOptions = Field(
-        default_factory=RayActorOptions, description="Resources reserved per replica."
-    )
-    num_replicas: int | None = Field(
-        None, ge=1, description="Fixed replica count (leave unset when autoscaling)."
-    )
+    num_replicas: int | None = Field(None, ge=1, description="A fixed replica count.")
     autoscaling: Autoscaling | None = Field(None, description="Replica autoscaling bounds.")
-    max_ongoing_requests: int = Field(
-        5, ge=1, description="Concurrent requests one replica accepts before queueing."
+    init_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the class's constructor (JSON values).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables of this class's replicas."
+    )
+
+    @model_validator(mode="after")
+    def _scaling(self) -> ClassOverride:
+        if self.autoscaling is not None and self.num_replicas is not None:
+            raise ValueError("set numReplicas or autoscaling, not both")
+        if self.autoscaling and self.autoscaling.min_replicas > self.autoscaling.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
+class MethodOverride(Model):
+    authorized_users: list[str] = Field(
+        description='Who may call this method (Hypha user ids or emails; "*" for everyone), '
+        "instead of the app's authorizedUsers."
     )
 
 
-class RuntimeEnv(Model):
-    pip: list[str] = Field(default_factory=list, description="pip requirements installed by Ray.")
-    env_vars: dict[str, str] = Field(
-        default_factory=dict, description="Environment variables for the app's replicas."
+class Author(Model):
+    name: str | None = Field(None, description="Full name.")
+    affiliation: str | None = Field(None, description="Institution.")
+    email: str | None = Field(None, description="Contact address.")
+    github_user: str | None = Field(None, description="GitHub user name.")
+    orcid: str | None = Field(None, description="ORCID iD.")
+
+
+class KeyToPath(Model):
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", description="A key of the ConfigMap.")
+    path: str = Field(
+        pattern=r"^[^/]+(/[^/]+)*$",
+        description="Where that file goes in the app's folder, e.g. runtimes/a.py.",
     )
 
 
 class ConfigMapSource(Model):
     name: str = object_name("ConfigMap whose keys are the app's files (e.g. main.py).")
+    items: list[KeyToPath] = Field(
+        default_factory=list,
+        description="Files in subfolders (ConfigMap keys cannot hold '/'): each key and its "
+        "path in the folder. Keys not listed are left out, so `bioengine render` lists "
+        "every file once any is in a subfolder.",
+    )
 
 
 class ImageSource(Model):
@@ -162,46 +186,120 @@ class RayClusterSpec(Model):
     )
 
 
-class BioEngineAppSpec(Model):
-    name: str | None = Field(None, description="Human-readable app name.")
-    description: str = Field("", description="What the app does (shown on its Hypha service).")
-    version: str | None = Field(None, description="Version of the app.")
+MIGRATION = "docs/app-format.md#migrating-from-format-05"
+# Fields of format 0.5 manifests that 0.6.0 dropped, and what replaced each.
+DROPPED = {
+    "deployments": "compose classes through constructor type hints",
+    "deployment_config": "use @bioengine.app(...) options, or classes.<Class> overrides",
+    "runtime_env": "use @bioengine.app(pip=..., env_vars=...), or envVars",
+    "exposed_methods": "mark the methods with @bioengine.method",
+}
+OBJECT_FIELDS = ("deployment_config", "runtime_env")
+
+
+def _dropped(name: str, replacement: str) -> tuple[Any, dict[str, Any]]:
+    """A field of format 0.5, kept only to be refused with a message that says what to do:
+    its Field, and the CEL rule on the spec."""
+    wire = "".join(w.capitalize() if i else w for i, w in enumerate(name.split("_")))
+    keep: JsonDict | None = (
+        {"x-kubernetes-preserve-unknown-fields": True} if name in OBJECT_FIELDS else None
+    )
+    return Field(
+        None,
+        description=f"Dropped in format 0.6.0 ({replacement}); refused when set.",
+        json_schema_extra=keep,
+    ), cel(
+        f"!has(self.{wire})",
+        f"{wire} is a format 0.5 field that format 0.6.0 dropped: {replacement} (see {MIGRATION})",
+    )
+
+
+class AppManifest(Model):
+    """The fields of a format 0.6.0 ``manifest.yaml`` (snake_case there, camelCase here)."""
+
+    name: str = Field(min_length=1, description="Human-readable app name.")
+    id: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="App id: lowercase letters, digits and '-'; the default Hypha service id.",
+    )
+    id_emoji: str = Field("", description="An emoji shown beside the id.")
+    description: str = Field(min_length=1, description="What the app does.")
+    type: Literal["ray-serve"] = Field("ray-serve", description="App type: ray-serve.")
+    format_version: str = Field(
+        description="Manifest format: 0.6.0 (0.4 and 0.5 apps must be migrated first).",
+    )
     entry: str = Field(
         pattern=IMPORT_PATH,
-        description="Entry deployment as module:Class; its public methods become the "
-        "service's functions.",
+        description="The entry class as module:Class, a @bioengine.app class whose "
+        "@bioengine.method functions the Hypha service offers.",
     )
-    deployments: list[ImportPath] = Field(
-        default_factory=list,
-        description="Further deployments (module:Class), passed to the entry class as "
-        "DeploymentHandle arguments named after their module.",
-    )
-    exposed_methods: list[str] = Field(
-        default_factory=list,
-        description="Methods of the entry class the Hypha service offers; empty offers every "
-        "public method.",
-    )
-    deployment_config: DeploymentConfig = Field(
-        default_factory=DeploymentConfig, description="Ray Serve options of the entry deployment."
-    )
-    runtime_env: RuntimeEnv = Field(
-        default_factory=RuntimeEnv, description="Ray runtime environment of the app."
+    version: str | None = Field(None, description="Version of the app.")
+    frontend_entry: str | None = Field(
+        None,
+        pattern=r"^[^/].*\.html?$",
+        description="An HTML page in the app's folder, served through Hypha as the app's UI.",
     )
     authorized_users: list[str] = Field(
-        default_factory=list,
-        description='Users (Hypha user ids or emails) allowed to call the app; "*" allows '
-        "everyone; empty allows only the service's workspace.",
+        default_factory=lambda: ["*"],
+        description='Users (Hypha user ids or emails) allowed to call the app; "*" (the '
+        "default) allows everyone who can reach the service.",
     )
+    documentation: str | None = Field(None, description="Documentation file or URL.")
+    tutorial: str | None = Field(None, description="Tutorial notebook or URL.")
+    authors: list[Author] = Field(default_factory=list, description="Who wrote the app.")
+    maintainers: list[str] = Field(default_factory=list, description="Who maintains it.")
+    license: str | None = Field(None, description="SPDX license id.")
+    git_repo: str | None = Field(None, description="Source repository URL.")
+    links: list[str] = Field(default_factory=list, description="Related links.")
+    tags: list[str] = Field(default_factory=list, description="Search tags.")
+    covers: list[str] = Field(default_factory=list, description="Cover images in the folder.")
+
+
+FORMAT_RULE = cel(
+    "self.formatVersion == '0.6.0'",
+    "formatVersion must be 0.6.0: apps of format 0.4/0.5 (deployments lists, "
+    f"deploymentConfig) must be migrated first (see {MIGRATION})",
+)
+_DROPPED = {name: _dropped(name, replacement) for name, replacement in DROPPED.items()}
+
+
+class BioEngineAppSpec(AppManifest):
+    """The manifest, where the code comes from, and what a cluster admin sets at deploy time."""
+
+    model_config = with_rules(FORMAT_RULE, *(rule for _, rule in _DROPPED.values()))
+
+    deployments: list[str] | None = _DROPPED["deployments"][0]
+    deployment_config: dict[str, Any] | None = _DROPPED["deployment_config"][0]
+    runtime_env: dict[str, Any] | None = _DROPPED["runtime_env"][0]
+    exposed_methods: list[str] | None = _DROPPED["exposed_methods"][0]
+
     source: AppSource = Field(description="Where the app's code comes from.")
+    classes: dict[str, ClassOverride] = Field(
+        default_factory=dict,
+        description="Deploy-time settings per @bioengine.app class name: replicas or "
+        "autoscaling, constructor arguments, env vars.",
+    )
+    methods: dict[str, MethodOverride] = Field(
+        default_factory=dict, description="Per-method authorized users, by method name."
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables of every replica."
+    )
+    disable_gpu: bool = Field(
+        False, description="Run every class without GPUs, whatever its decorator asks for."
+    )
     ray_cluster: RayClusterSpec = Field(
         default_factory=RayClusterSpec, description="The Ray cluster that runs the app."
     )
     datasets: list[Annotated[str, Field(pattern=DNS_1035, max_length=DATASET_NAME_MAX)]] = Field(
         default_factory=list,
-        description="BioEngineDatasets (same namespace) mounted read-only into the Ray pods.",
+        description="BioEngineDatasets (same namespace) mounted read-only into the Ray pods "
+        "at /data/<name> (bioengine.datasets.path(name)).",
     )
     service: ServiceSpec = Field(
-        default_factory=ServiceSpec, description="Hypha service registration."
+        default_factory=ServiceSpec,
+        description="Hypha service registration (its id defaults to the manifest's id).",
     )
     init_timeout_seconds: int = Field(
         900,
@@ -209,3 +307,12 @@ class BioEngineAppSpec(Model):
         description="An app not Ready this long after a change is reported Stuck "
         "(condition and Event).",
     )
+
+    @model_validator(mode="after")
+    def _format(self) -> BioEngineAppSpec:
+        if self.format_version != "0.6.0":
+            raise ValueError(FORMAT_RULE["message"])
+        for name, (_, rule) in _DROPPED.items():
+            if getattr(self, name) is not None:
+                raise ValueError(rule["message"])
+        return self

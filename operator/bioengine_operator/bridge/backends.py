@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -161,9 +162,10 @@ class AppClient:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=call_timeout, sock_connect=5)
 
-    async def describe(self, timeout: float) -> dict[str, dict[str, str]]:
-        """The app's methods; an ingress that does not answer within ``timeout`` is skipped
-        for now (its registration is retried) instead of holding up for a whole call time."""
+    async def describe(self, timeout: float) -> dict[str, Any]:
+        """The app's methods with their schemas, and its frontend page if it has one; an
+        ingress that does not answer within ``timeout`` is skipped for now (its registration
+        is retried) instead of holding up for a whole call time."""
         limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(5.0, timeout))
         try:
             async with self.session.get(f"{self.endpoint}/__describe__", timeout=limit) as r:
@@ -172,6 +174,18 @@ class AppClient:
                 return dict(await r.json())
         except (aiohttp.ClientConnectionError, TimeoutError) as err:
             raise BackendUnavailable(f"app ingress did not describe itself: {err!r}") from err
+
+    @contextlib.asynccontextmanager
+    async def frontend(self, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A file of the app's frontend folder, its body not read yet."""
+        quoted = urllib.parse.quote(path)
+        try:
+            async with self.session.get(
+                f"{self.endpoint}/__frontend__/{quoted}", timeout=self.timeout
+            ) as response:
+                yield response
+        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+            raise BackendUnavailable(f"app unreachable: {err}") from err
 
     async def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:

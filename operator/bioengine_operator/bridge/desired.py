@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bioengine_operator.api.base import default_service_id
 from bioengine_operator.bridge.endpoints import Endpoints
 
 KINDS = ("BioEngineApp", "ModelRunner", "BioEngineDataset")
@@ -27,6 +28,11 @@ class Desired:
     description: str
     endpoints: tuple[str, ...]  # app / dataset: one URL; runner: blue and green gRPC targets
     dataset_id: str | None = None
+    # An app's per-method authorized users (spec.methods), instead of authorized_users.
+    method_users: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def users_of(self, method: str) -> tuple[str, ...]:
+        return dict(self.method_users).get(method, self.authorized_users)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -55,11 +61,16 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
     if service.get("workspace") not in (None, workspace):
         return None  # another bridge, connected to that workspace, serves it
     kind, meta = body["kind"], body["metadata"]
+    method_users: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if kind == "BioEngineApp":
         found: tuple[str | None, ...] = (endpoints.app(body),)
-        users = spec.get("authorizedUsers") or []
+        users = spec.get("authorizedUsers", ["*"])
         description = spec.get("description") or ""
         dataset_id = None
+        method_users = tuple(
+            (name, tuple(m.get("authorizedUsers") or []))
+            for name, m in sorted((spec.get("methods") or {}).items())
+        )
     elif kind == "ModelRunner":
         found = endpoints.runner(body)
         users = []  # model runners are guarded by visibility alone
@@ -77,10 +88,11 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         kind=kind,
         namespace=meta["namespace"],
         name=meta["name"],
-        service_id=service.get("id") or meta["name"],
+        service_id=default_service_id(body),
         visibility=service.get("visibility") or "protected",
         authorized_users=tuple(users),
         description=description,
         endpoints=tuple(str(e) for e in found),
         dataset_id=dataset_id,
+        method_users=method_users,
     )

@@ -237,8 +237,11 @@ class Registry:
 
         if want.kind == "BioEngineApp":
             client = AppClient(want.endpoints[0], self.session, limits.call_timeout)
-            methods = await client.describe(limits.discovery_timeout)
-            return [services.app_service(want, client, methods, get_status)], []
+            description = await client.describe(limits.discovery_timeout)
+            found = [services.app_service(want, client, description, get_status)]
+            if description.get("frontend"):
+                found.append(services.app_frontend_service(want, client))
+            return found, []
         if want.kind == "ModelRunner":
             pair = TritonPair(list(want.endpoints), limits.call_timeout)
             return [services.runner_service(want, pair, get_status)], [pair]

@@ -1,7 +1,10 @@
 """Hypha service definitions for each kind: what a client sees after ``get_service``.
 
-* app: one function per method of the entry class (name, docstring and signature from the
-  app itself), plus ``get_status()``;
+* app: one function per ``@bioengine.method`` of the entry class, with the JSON schema the
+  app's runtime built from its signature and ``Field`` descriptions (what ``schema_function``
+  clients and MCP read), each guarded by its authorized users (``spec.methods``, else the
+  app's), plus ``get_status()``; and, when the manifest has a ``frontend_entry``, an HTTP
+  service ``<id>-ui`` serving that page;
 * model runner: ``infer(model, inputs, outputs=None, version=None)``, ``list_models()``,
   ``get_model_config(model)``, ``get_status()``;
 * dataset: ``list_files(path="")``, ``read_file(path, offset=0, length=None)`` (at most
@@ -12,7 +15,9 @@
   fsspec open directly with the caller's Hypha token.
 
 Every function asks Hypha for the request context and checks the caller first. File bodies
-pass through the bridge in chunks: memory stays bounded whatever the file size.
+pass through the bridge in chunks: memory stays bounded whatever the file size. The HTTP
+services answer CORS preflights and send CORS headers, so web pages on other origins can
+read them (a ranged, authorized zarr read from a notebook's or a viewer's page).
 """
 
 from __future__ import annotations
@@ -85,8 +90,11 @@ def _base(want: Desired, get_status: Status) -> dict[str, Any]:
         return get_status()
 
     config: dict[str, Any] = {"visibility": want.visibility, "require_context": True}
-    if want.visibility == "protected" and access.user_workspaces(want.authorized_users):
-        config["authorized_workspaces"] = access.user_workspaces(want.authorized_users)
+    # Everyone some function lets in must reach the service first (per-method users too).
+    listed = [*want.authorized_users, *(u for _, users in want.method_users for u in users)]
+    workspaces = sorted(set(access.user_workspaces(listed)))
+    if want.visibility == "protected" and workspaces:
+        config["authorized_workspaces"] = workspaces
     return {
         "id": want.service_id,
         "name": f"{want.name} ({want.kind})",
@@ -96,25 +104,61 @@ def _base(want: Desired, get_status: Status) -> dict[str, Any]:
     }
 
 
-def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, str]) -> Any:
+def _caller(context: dict[str, Any] | None) -> dict[str, Any]:
+    """What a ``@bioengine.method(context=True)`` receives: the caller Hypha vouches for."""
+    context = context or {}
+    user = context.get("user") or {}
+    kept = ("id", "email", "roles", "is_anonymous", "scope")
+    return {
+        "user": {k: user[k] for k in kept if k in user},
+        "ws": context.get("ws"),
+        "from": context.get("from"),
+    }
+
+
+def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, Any]) -> Any:
+    users = want.users_of(name)
+    wants_context = bool(info.get("context"))
+
     async def method(*args: Any, context: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        access.authorize(want.authorized_users, context, want.service_id)
+        access.authorize(users, context, f"{want.service_id}.{name}")
+        if wants_context:
+            kwargs["context"] = _caller(context)
         return await client.call(name, list(args), kwargs)
 
+    schema = dict(info.get("schema") or {"name": name, "parameters": {"type": "object"}})
     method.__name__ = name
-    method.__doc__ = f"{info.get('doc') or name}\n\nSignature: {name}{info.get('signature', '')}"
+    method.__doc__ = schema.get("description") or name
+    method.__schema__ = schema  # type: ignore[attr-defined]  # what Hypha publishes
     return instrumented(want.kind, name, method)
 
 
 def app_service(
-    want: Desired, client: AppClient, methods: dict[str, dict[str, str]], get_status: Status
+    want: Desired, client: AppClient, description: dict[str, Any], get_status: Status
 ) -> dict[str, Any]:
+    """One function per ``@bioengine.method`` of the entry class, each with its schema."""
     service = _base(want, get_status)
-    for name, info in methods.items():
+    for name, info in description.get("methods", {}).items():
         if name in service:
             continue  # a method called get_status, id, ... cannot shadow the service's own
         service[name] = _app_method(want, client, name, info)
     return service
+
+
+def app_frontend_service(want: Desired, client: AppClient) -> dict[str, Any]:
+    """The app's ``frontend_entry`` page and the files beside it, as a Hypha ASGI service
+    (``<hypha>/<workspace>/apps/<id>-ui/``), fetched from the app's Serve ingress."""
+
+    async def app(scope: dict[str, Any], send: Any, user: str) -> None:
+        if scope.get("method", "GET") not in ("GET", "HEAD"):
+            await _respond(send, 405, {}, b"")
+            return
+        path = scope.get("path", "/").lstrip("/")
+        async with client.frontend(path) as answer:
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in PASSED_HEADERS}
+            await _stream(send, answer, kept, scope.get("method") == "GET")
+
+    return http_service(want, f"{want.service_id}-ui", want.authorized_users, app)
 
 
 def runner_service(want: Desired, pair: TritonPair, get_status: Status) -> dict[str, Any]:
@@ -226,28 +270,87 @@ def dataset_http_service(want: Desired, client: DatasetClient) -> dict[str, Any]
         params.pop("token", None)  # the bridge mints the dataset token itself
         async with client.open(path, user, headers=forward, params=params) as answer:
             kept = {k: v for k, v in answer.headers.items() if k.lower() in PASSED_HEADERS}
-            raw = [(k.lower().encode(), str(v).encode()) for k, v in kept.items()]
-            await send({"type": "http.response.start", "status": answer.status, "headers": raw})
-            if method == "GET":
-                async for chunk in answer.content.iter_chunked(CHUNK):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            await _stream(send, answer, kept, method == "GET")
+
+    return http_service(want, f"{want.service_id}-files", want.authorized_users, app)
+
+
+HttpApp = Callable[[dict[str, Any], Any, str], Awaitable[None]]
+
+
+def http_service(
+    want: Desired, service_id: str, users: tuple[str, ...], app: HttpApp
+) -> dict[str, Any]:
+    """A Hypha ASGI service that pages on any origin can use: a CORS preflight is answered
+    before any authorization (browsers send it without credentials), every answer carries
+    the CORS headers, and the caller is authorized before ``app`` runs."""
 
     async def serve(args: dict[str, Any], context: dict[str, Any] | None = None) -> None:
-        try:
-            user = access.authorize(want.authorized_users, context, want.service_id)
-        except PermissionError as err:
-            await _respond(args["send"], 403, {"content-type": "text/plain"}, str(err).encode())
+        scope, send = args["scope"], args["send"]
+        request = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        cors = cors_headers(request)
+        if scope.get("method") == "OPTIONS":
+            await _respond(send, 204, {**cors, **preflight_headers(request)}, b"")
             return
-        await app(args["scope"], args["send"], user)
 
-    config = _base(want, dict)["config"]
+        async def send_with_cors(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(k.lower().encode(), v.encode()) for k, v in cors.items()]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            user = access.authorize(users, context, service_id)
+        except PermissionError as err:
+            await _respond(send_with_cors, 403, {"content-type": "text/plain"}, str(err).encode())
+            return
+        await app(scope, send_with_cors, user)
+
     return {
-        "id": f"{want.service_id}-files",
+        "id": service_id,
         "type": "asgi",
-        "config": config,
+        "config": _base(want, dict)["config"],
         "serve": instrumented(want.kind, "http", serve),
     }
+
+
+# What a browser script may read of an answer: sizes and ranges, for zarr and fsspec.
+EXPOSED_HEADERS = "Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified"
+
+
+def cors_headers(request: dict[str, str]) -> dict[str, str]:
+    """The page's origin is allowed (echoed, so credentials work too); every service's
+    callers are still checked against its authorized users."""
+    origin = request.get("origin")
+    if not origin:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": EXPOSED_HEADERS,
+        "Vary": "Origin",
+    }
+
+
+def preflight_headers(request: dict[str, str]) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+        "Access-Control-Allow-Headers": request.get(
+            "access-control-request-headers", "Authorization, Range"
+        ),
+        "Access-Control-Max-Age": "600",
+    }
+
+
+async def _stream(
+    send: Any, answer: aiohttp.ClientResponse, headers: dict[str, str], body: bool
+) -> None:
+    raw = [(k.lower().encode(), str(v).encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": answer.status, "headers": raw})
+    if body:
+        async for chunk in answer.content.iter_chunked(CHUNK):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _range(offset: int, length: int | None) -> dict[str, str]:

@@ -1,9 +1,13 @@
-"""BioEngineApp → a ConfigMap with the Serve entry point, and a KubeRay RayService.
+"""BioEngineApp → a ConfigMap with the BioEngine runtime, and a KubeRay RayService.
 
-The RayService's ``serveConfigV2`` imports ``bioengine_serve_entry:app`` (see
-:mod:`bioengine_operator.runtime.serve_entry`), which binds the manifest's entry class and
-extra deployments. ``deploymentConfig`` becomes the Serve per-deployment overrides of the
-entry class, and ``runtimeEnv`` the application's runtime_env (snake_case, as Ray wants it).
+The RayService's ``serveConfigV2`` names the application builder
+``bioengine_serve_entry:app`` (see :mod:`bioengine_operator.runtime.serve_entry`) and
+hands it :func:`serve_args`: the manifest's entry, the admin's overrides and the
+environment. The runtime ConfigMap holds the entry point, the codec and the ``bioengine``
+authoring API, the same for every app of one operator version; the app's own files come
+from its source (a ConfigMap mounted as a folder, a zip as Ray's ``working_dir``, or the
+image). A hash of the code ConfigMap is a pod annotation, so changed code rolls the Ray
+cluster (KubeRay's zero-downtime upgrade) instead of leaving old modules loaded.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ ENTRY_DIR = "/home/ray/bioengine"
 APP_DIR = "/home/ray/app"
 DATASETS_DIR = "/data"
 SERVE_PORT = 8000
+CODE_HASH = "bioengine.bioimage.io/code-hash"
 _RUNTIME = importlib.resources.files("bioengine_operator.runtime")
-# Files of the entry ConfigMap, as the Ray pods import them.
+# Files of the runtime ConfigMap, as the Ray pods import them.
 RUNTIME_FILES = {
     f"{ENTRY_MODULE}.py": _RUNTIME.joinpath("serve_entry.py").read_text(),
     "bioengine_codec.py": _RUNTIME.joinpath("codec.py").read_text(),
+    "bioengine.py": _RUNTIME.joinpath("bioengine.py").read_text(),
 }
 
 
@@ -46,24 +52,25 @@ class MountedDataset:
         return f"{DATASETS_DIR}/{self.name}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What the app's objects depend on besides its spec."""
+
+    datasets: tuple[MountedDataset, ...] = ()
+    code_hash: str = ""  # of the code ConfigMap's content ("" for a zip or image source)
+    gpu_memory_mb: int = 0  # the operator's --gpu-memory-mb
+
+
 def entry_config_map_name(owner: meta.Owner) -> str:
     return f"{owner.name}-bioengine-entry"
 
 
-def entry_config_map(owner: meta.Owner, spec: BioEngineAppSpec) -> dict[str, Any]:
-    config = {
-        "entry": spec.entry,
-        "deployments": list(spec.deployments),
-        "exposedMethods": list(spec.exposed_methods),
-    }
+def entry_config_map(owner: meta.Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta.metadata(owner, entry_config_map_name(owner), COMPONENT),
-        "data": {
-            **RUNTIME_FILES,
-            "bioengine-app.json": json.dumps(config, indent=2, sort_keys=True),
-        },
+        "data": dict(RUNTIME_FILES),
     }
 
 
@@ -71,54 +78,38 @@ def route_prefix(owner: meta.Owner) -> str:
     return f"/{owner.name}"
 
 
-def serve_config(
-    owner: meta.Owner, spec: BioEngineAppSpec, datasets: list[MountedDataset]
-) -> dict[str, Any]:
-    cfg = spec.deployment_config
-    actor = cfg.ray_actor_options
-    options: dict[str, Any] = {
-        "name": spec.entry.rsplit(":", 1)[1],
-        "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": actor.num_cpus, "num_gpus": actor.num_gpus},
+def serve_args(spec: BioEngineAppSpec, inputs: Inputs) -> dict[str, Any]:
+    """The ``args`` of the Serve application builder (camelCase, as in the CRD)."""
+    env_vars = {
+        **spec.env_vars,
+        "BIOENGINE_APP_ID": spec.id,
+        "BIOENGINE_DATASETS": json.dumps(
+            {d.name: {"url": d.endpoint, "mounted": d.volume is not None} for d in inputs.datasets},
+            sort_keys=True,
+        ),
     }
-    if actor.memory is not None:
-        options["ray_actor_options"]["memory"] = actor.memory
-    if cfg.autoscaling is not None:
-        scaling: dict[str, float] = {
-            "min_replicas": cfg.autoscaling.min_replicas,
-            "max_replicas": cfg.autoscaling.max_replicas,
-        }
-        if cfg.autoscaling.target_ongoing_requests is not None:
-            scaling["target_ongoing_requests"] = cfg.autoscaling.target_ongoing_requests
-        options["autoscaling_config"] = scaling
-    elif cfg.num_replicas is not None:
-        options["num_replicas"] = cfg.num_replicas
+    args: dict[str, Any] = {
+        "entry": spec.entry,
+        "envVars": env_vars,
+        "gpuMemoryMb": inputs.gpu_memory_mb,
+        "disableGpu": spec.disable_gpu,
+        "classes": {name: o.dump() for name, o in sorted(spec.classes.items())},
+    }
+    if spec.frontend_entry:
+        args["frontendEntry"] = spec.frontend_entry
+    return args
 
-    env_vars = dict(spec.runtime_env.env_vars)
-    env_vars["BIOENGINE_APP_ID"] = owner.name
-    env_vars["BIOENGINE_DATASETS"] = json.dumps(
-        {
-            d.name: {"url": d.endpoint, **({"path": d.mount_path} if d.volume else {})}
-            for d in datasets
-        },
-        sort_keys=True,
-    )
-    runtime_env: dict[str, Any] = {"env_vars": env_vars}
-    if spec.runtime_env.pip:
-        runtime_env["pip"] = list(spec.runtime_env.pip)
-    if spec.source.uri is not None:
-        runtime_env["working_dir"] = spec.source.uri
-    return {
-        "applications": [
-            {
-                "name": owner.name,
-                "route_prefix": route_prefix(owner),
-                "import_path": f"{ENTRY_MODULE}:app",
-                "runtime_env": runtime_env,
-                "deployments": [options],
-            }
-        ]
+
+def serve_config(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> dict[str, Any]:
+    application: dict[str, Any] = {
+        "name": owner.name,
+        "route_prefix": route_prefix(owner),
+        "import_path": f"{ENTRY_MODULE}:app",
+        "args": serve_args(spec, inputs),
     }
+    if spec.source.uri is not None:
+        application["runtime_env"] = {"working_dir": spec.source.uri}
+    return {"applications": [application]}
 
 
 def _python_path(spec: BioEngineAppSpec) -> str:
@@ -133,7 +124,7 @@ def _python_path(spec: BioEngineAppSpec) -> str:
 def _pod_template(
     owner: meta.Owner,
     spec: BioEngineAppSpec,
-    datasets: list[MountedDataset],
+    inputs: Inputs,
     container_name: str,
     resources: RayResources,
     ports: list[dict[str, Any]],
@@ -145,10 +136,14 @@ def _pod_template(
     mounts: list[dict[str, Any]] = [
         {"name": "bioengine-entry", "mountPath": ENTRY_DIR, "readOnly": True},
     ]
-    if spec.source.config_map is not None:
-        volumes.append({"name": "app", "configMap": {"name": spec.source.config_map.name}})
+    source = spec.source.config_map
+    if source is not None:
+        code: dict[str, Any] = {"name": source.name}
+        if source.items:
+            code["items"] = [item.dump() for item in source.items]
+        volumes.append({"name": "app", "configMap": code})
         mounts.append({"name": "app", "mountPath": APP_DIR, "readOnly": True})
-    for dataset in datasets:
+    for dataset in inputs.datasets:
         if dataset.volume is None:
             continue
         volume_name = f"dataset-{dataset.name}"[:63]
@@ -162,7 +157,10 @@ def _pod_template(
         "name": container_name,
         "image": spec.ray_cluster.image,
         "ports": ports,
-        "env": [{"name": "PYTHONPATH", "value": _python_path(spec)}],
+        "env": [
+            {"name": "PYTHONPATH", "value": _python_path(spec)},
+            {"name": "BIOENGINE_DATA_DIR", "value": DATASETS_DIR},
+        ],
         "resources": meta.resources(resources.cpu, resources.memory, resources.gpu),
         "volumeMounts": [*mounts, *scratch_mounts],
         "securityContext": meta.container_security_context(),
@@ -176,12 +174,13 @@ def _pod_template(
     if placement is not None:
         pod_spec["nodeSelector"] = dict(placement.node_selector)
         pod_spec["tolerations"] = meta.tolerations(placement.tolerations, resources.gpu)
-    return {"metadata": {"labels": meta.labels(owner, COMPONENT)}, "spec": pod_spec}
+    metadata: dict[str, Any] = {"labels": meta.labels(owner, COMPONENT)}
+    if inputs.code_hash:
+        metadata["annotations"] = {CODE_HASH: inputs.code_hash}
+    return {"metadata": metadata, "spec": pod_spec}
 
 
-def ray_service(
-    owner: meta.Owner, spec: BioEngineAppSpec, datasets: list[MountedDataset]
-) -> dict[str, Any]:
+def ray_service(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> dict[str, Any]:
     cluster = spec.ray_cluster
     head_ports = [
         {"name": "gcs-server", "containerPort": 6379},
@@ -196,7 +195,7 @@ def ray_service(
             # The head takes no Serve replicas: a GPU app's replicas belong on workers.
             "rayStartParams": {"num-cpus": "0"} if cluster.worker_groups else {},
             "template": _pod_template(
-                owner, spec, datasets, "ray-head", cluster.head.resources, head_ports
+                owner, spec, inputs, "ray-head", cluster.head.resources, head_ports
             ),
         },
         "workerGroupSpecs": [
@@ -207,7 +206,7 @@ def ray_service(
                 "maxReplicas": group.max_replicas,
                 "rayStartParams": {},
                 "template": _pod_template(
-                    owner, spec, datasets, "ray-worker", group.resources, [], group
+                    owner, spec, inputs, "ray-worker", group.resources, [], group
                 ),
             }
             for group in cluster.worker_groups
@@ -223,17 +222,15 @@ def ray_service(
         "kind": "RayService",
         "metadata": meta.metadata(owner, owner.name, COMPONENT),
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config(owner, spec, datasets), sort_keys=True),
+            "serveConfigV2": yaml.safe_dump(serve_config(owner, spec, inputs), sort_keys=True),
             "rayClusterConfig": ray_cluster,
         },
     }
 
 
-def children(
-    owner: meta.Owner, spec: BioEngineAppSpec, datasets: list[MountedDataset]
-) -> list[dict[str, Any]]:
-    """The whole desired set: the entry ConfigMap and the RayService."""
-    return [entry_config_map(owner, spec), ray_service(owner, spec, datasets)]
+def children(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> list[dict[str, Any]]:
+    """The whole desired set: the runtime ConfigMap and the RayService."""
+    return [entry_config_map(owner), ray_service(owner, spec, inputs)]
 
 
 def serve_endpoint(owner: meta.Owner) -> str:

@@ -1,8 +1,12 @@
-"""Reconcile a BioEngineApp: resolve its datasets, apply its RayService, mirror its status.
+"""Reconcile a BioEngineApp: resolve its code and datasets, apply its RayService, mirror
+its status.
 
 KubeRay's conditions are copied with a ``RayService`` prefix, so ``kubectl describe`` on
-the app shows why it is not Ready without looking at the RayService. An app that stays
-not Ready longer than ``initTimeoutSeconds`` after a change is reported ``Stuck`` (a
+the app shows why it is not Ready without looking at the RayService. The Serve
+application's own status (which KubeRay copies from Ray) becomes ``ServeApplicationHealthy``:
+a failed smoke test or constructor (``DEPLOY_FAILED``) makes the app ``Failed`` and a
+failing health check (``UNHEALTHY``) ``Degraded``, quoting the app's error. An app that
+stays not Ready longer than ``initTimeoutSeconds`` after a change is reported ``Stuck`` (a
 condition and a Warning Event): a RayService stuck initializing is the most common KubeRay
 complaint, and otherwise it just sits there silently.
 """
@@ -10,6 +14,7 @@ complaint, and otherwise it just sits there silently.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,6 +32,12 @@ from bioengine_operator.controllers.outcome import (
 )
 
 DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
+# The runtime's own failures, as they end the traceback Serve reports.
+APP_ERROR = re.compile(r"(?:SmokeTestFailed|HealthCheckFailed|BioEngineUserError|\w+Error): .*")
+MESSAGE_LIMIT = 600
+# A dataset or code ConfigMap applied with the app may come a moment later: look again soon
+# rather than at the next resync.
+MISSING_RETRY_SECONDS = 5.0
 
 
 def resolve_datasets(
@@ -57,6 +68,54 @@ def resolve_datasets(
             rayservice.MountedDataset(name, dataset_builder.endpoint(ds_owner), volume, sub_path)
         )
     return found, missing
+
+
+def code_hash(owner: meta.Owner, spec: BioEngineAppSpec) -> str | None:
+    """A hash of the code ConfigMap ("" for other sources), None when it does not exist."""
+    if spec.source.config_map is None:
+        return ""
+    body = kube.get("v1", "ConfigMap", owner.namespace, spec.source.config_map.name)
+    if body is None:
+        return None
+    return meta.digest({"data": body.get("data"), "binaryData": body.get("binaryData")})
+
+
+def _app_error(message: str) -> str:
+    """The line of a Serve failure message that says what the app did wrong."""
+    found = APP_ERROR.findall(message)
+    text = found[-1] if found else message.strip().splitlines()[0] if message.strip() else ""
+    return text[:MESSAGE_LIMIT]
+
+
+def serve_condition(
+    ray_service: dict[str, Any] | None, app_name: str
+) -> tuple[bool | str, str, str]:
+    """``ServeApplicationHealthy`` from the Serve status KubeRay copied into the RayService
+    (the pending cluster's during an upgrade, else the active one's)."""
+    status = (ray_service or {}).get("status") or {}
+    pending = status.get("pendingServiceStatus") or {}
+    side = pending if pending.get("rayClusterName") else status.get("activeServiceStatus") or {}
+    app = (side.get("applicationStatuses") or {}).get(app_name)
+    if not app:
+        return "Unknown", "NotDeployed", "Ray Serve reported no status for the app yet"
+    state = app.get("status", "")
+    if state == "RUNNING":
+        return True, "Running", "every deployment is healthy"
+    if state not in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return "Unknown", state.title().replace("_", "") or "Deploying", app.get("message", "")
+    failing = [
+        (name, d.get("message", ""))
+        for name, d in sorted((app.get("serveDeploymentStatuses") or {}).items())
+        if d.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")
+    ] or [("", app.get("message", ""))]
+    name, text = failing[0]
+    if "SmokeTestFailed" in text:
+        reason = "SmokeTestFailed"
+    elif state == "UNHEALTHY":
+        reason = "HealthCheckFailed"
+    else:
+        reason = "DeployFailed"
+    return False, reason, f"{name}: {_app_error(text)}" if name else _app_error(text)
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -99,15 +158,36 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
                 phase="Pending",
                 summary="False",
                 extra_conditions=(("DatasetsResolved", False, "DatasetNotFound", message),),
-            )
+            ),
+            requeue_in=MISSING_RETRY_SECONDS,
+        )
+
+    code = code_hash(owner, spec)
+    if code is None:
+        assert spec.source.config_map is not None
+        message = f"ConfigMap {spec.source.config_map.name} (the app's code) does not exist"
+        return Outcome(
+            common_status(
+                body,
+                ctx,
+                ready=False,
+                reason="CodeNotFound",
+                message=message,
+                phase="Pending",
+                summary="False",
+            ),
+            requeue_in=MISSING_RETRY_SECONDS,
         )
 
     live = kube.get("ray.io/v1", "RayService", owner.namespace, owner.name)
+    inputs = rayservice.Inputs(tuple(datasets), code, ctx.settings.gpu_memory_mb)
     kube.apply_owned(
-        rayservice.children(owner, spec, datasets), owner.uid, {("RayService", owner.name): live}
+        rayservice.children(owner, spec, inputs), owner.uid, {("RayService", owner.name): live}
     )
     mirrored = mirrored_conditions(live)
-    ready = any(t == "RayServiceReady" and s == "True" for t, s, _, _ in mirrored)
+    serving, serve_reason, serve_message = serve_condition(live, owner.name)
+    ray_ready = any(t == "RayServiceReady" and s == "True" for t, s, _, _ in mirrored)
+    ready = ray_ready and serving is not False
 
     # How long has the app been trying? Since the last spec change or loss of readiness.
     generation = body["metadata"].get("generation")
@@ -121,6 +201,9 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
 
     if ready:
         phase, reason, message = "Ready", "RayServiceReady", "the Ray Serve app is running"
+    elif serving is False:
+        phase = "Failed" if serve_reason in ("SmokeTestFailed", "DeployFailed") else "Degraded"
+        reason, message = serve_reason, serve_message
     elif stuck:
         phase, reason = "Stuck", "InitializingTimeout"
         message = (
@@ -128,10 +211,10 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
             f"(initTimeoutSeconds={spec.init_timeout_seconds})"
         )
     else:
-        ray_ready = next((m for m in mirrored if m[0] == "RayServiceReady"), None)
+        ray_cond = next((m for m in mirrored if m[0] == "RayServiceReady"), None)
         phase = "Deploying"
-        reason = ray_ready[2] if ray_ready else "Initializing"
-        message = ray_ready[3] if ray_ready else ""
+        reason = ray_cond[2] if ray_cond else "Initializing"
+        message = ray_cond[3] if ray_cond else ""
 
     outcome = Outcome(
         common_status(
@@ -145,6 +228,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
             extra_conditions=(
                 ("DatasetsResolved", True, "Resolved", f"{len(datasets)} dataset(s) mounted"),
                 ("Stuck", stuck, reason if stuck else "Progressing", message if stuck else ""),
+                ("ServeApplicationHealthy", serving, serve_reason, serve_message),
                 *mirrored,
             ),
         )

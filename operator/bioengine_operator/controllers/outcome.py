@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from bioengine_operator import conditions, logs
+from bioengine_operator.api.base import default_service_id
 from bioengine_operator.api.modelrunner import DEFAULT_TRITON_IMAGE
 from bioengine_operator.controllers import kube
 
@@ -44,6 +45,9 @@ class Settings:
     # PEM public key (or certificate) of the bridge's token signing key, given to every
     # dataset server to check the tokens the bridge mints; None: datasets open to "*" only.
     token_public_key: str | None = None
+    # GPU memory of one GPU in the cluster's Ray worker pools, in MiB: how an app's
+    # @bioengine.app(gpu_memory_mb=...) becomes a share of a GPU; 0 gives such apps whole GPUs.
+    gpu_memory_mb: int = 0
 
 
 @dataclasses.dataclass
@@ -87,7 +91,7 @@ def forget(uid: str) -> None:
 def service_id(body: dict[str, Any], settings: Settings) -> str:
     service = body.get("spec", {}).get("service") or {}
     workspace = service.get("workspace") or settings.hypha_workspace
-    sid = service.get("id") or body["metadata"]["name"]
+    sid = default_service_id(body)
     return f"{workspace}/{sid}" if workspace else sid
 
 

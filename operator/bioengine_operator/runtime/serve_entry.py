@@ -1,36 +1,46 @@
 """Ray Serve entry point of every BioEngineApp, mounted into its Ray pods by the operator.
 
 It runs in the app's Ray image, not in the operator's, so it imports only the standard
-library, Ray, and :mod:`bioengine_codec` (mounted beside it). The operator writes
-``bioengine-app.json`` next to it (entry, extra deployments, exposed methods);
-``serveConfigV2`` points at ``bioengine_serve_entry:app``.
+library, Ray, Starlette (part of Ray Serve) and the two modules mounted beside it:
+:mod:`bioengine` (the authoring API apps import) and :mod:`bioengine_codec`.
+``serveConfigV2`` names :func:`app` as an application builder and passes the app's
+settings as its ``args`` (see :func:`bioengine_operator.builders.rayservice.serve_args`):
+the manifest's ``entry`` and ``frontendEntry``, the environment every deployment gets, and
+the cluster admin's per-class overrides. Being part of the
+RayService, a change to any of them makes KubeRay update the Serve app.
 
-The application is the manifest's entry class, bound with the extra deployments as keyword
-arguments named after their module (as the BioEngine manifest specifies), behind a small
-HTTP ingress: ``GET <route>/__describe__`` lists the callable methods with their docstrings
-and signatures (read here, where the app's code is importable), and ``POST <route>/<method>``
-calls one with msgpack-encoded ``[args, kwargs]``. The Hypha bridge speaks to that ingress
-over plain HTTP, so it needs no Ray client (whose versions must match Ray's exactly).
+The application is the entry class with every class it composes (constructor parameters
+annotated with another ``@bioengine.app`` class, bound recursively, each class once),
+behind a small HTTP ingress:
+
+* ``GET <route>/__describe__``: the ``@bioengine.method`` functions of the entry class with
+  their JSON schemas (built here, where the app's code is importable), and whether the app
+  has a frontend;
+* ``POST <route>/<method>``: a call, msgpack-encoded ``[args, kwargs]``;
+* ``GET <route>/__frontend__/<path>``: files of the folder holding ``frontend_entry``.
+
+The Hypha bridge speaks to that ingress over plain HTTP, so it needs no Ray client (whose
+versions must match Ray's exactly).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
+import mimetypes
+import os
 import traceback
 from pathlib import Path
 from typing import Any
 
+import bioengine
 import bioengine_codec as codec
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
-CONFIG_FILE = Path(__file__).with_name("bioengine-app.json")
 DESCRIBE = "__describe__"
-# Called by the BioEngine runtime, not by users.
-LIFECYCLE = {"async_init", "test_deployment", "check_health", "reconfigure"}
+FRONTEND = "__frontend__"
 
 
 def load(import_path: str) -> Any:
@@ -38,43 +48,126 @@ def load(import_path: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def as_deployment(target: Any) -> Any:
-    """A plain class becomes a deployment named after it; a decorated one is kept."""
-    return target if isinstance(target, serve.Deployment) else serve.deployment(target)
+def app_folder(entry: str) -> Path:
+    """The app's folder: where the entry module's top-level package or module lies (the
+    mounted ConfigMap, Ray's working_dir for a zip, or the image's folder)."""
+    module = entry.partition(":")[0]
+    path = Path(inspect.getfile(importlib.import_module(module))).resolve()
+    depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
+    return path.parents[depth]
 
 
-def user_class(target: Any) -> Any:
-    return target.func_or_class if isinstance(target, serve.Deployment) else target
+def composed(cls: Any) -> dict[str, Any]:
+    """Constructor parameters annotated with a ``@bioengine.app`` class: name → deployment.
+
+    Annotations are evaluated one by one in the class's module (``typing.get_type_hints``
+    refuses them: the name of a decorated class is bound to its Serve deployment, not a type)."""
+    init = inspect.unwrap(cls.__init__)  # the app's own, not the runtime's wrapper
+    found = {}
+    for name, param in inspect.signature(init).parameters.items():
+        hint = param.annotation
+        if isinstance(hint, str):  # deferred by `from __future__ import annotations`
+            try:
+                hint = eval(hint, init.__globals__)
+            except Exception:
+                continue  # a name only a type checker knows
+        if bioengine.app_class(hint) is not None:
+            found[name] = hint
+    return found
 
 
-def describe(cls: Any, exposed: list[str]) -> dict[str, dict[str, str]]:
-    """Public methods of ``cls`` (or only ``exposed`` ones), with docstring and signature."""
-    methods = {}
-    for name, member in inspect.getmembers(cls, inspect.isfunction):
-        if name.startswith("_") or name in LIFECYCLE or (exposed and name not in exposed):
-            continue
-        signature = inspect.signature(member)
-        params = [p for p in signature.parameters.values() if p.name != "self"]
-        methods[name] = {
-            "doc": inspect.getdoc(member) or "",
-            "signature": str(signature.replace(parameters=params)),
+def with_overrides(
+    deployment: Any, override: dict[str, Any], env_vars: dict[str, str], disable_gpu: bool
+) -> Any:
+    """The admin's deploy-time settings on top of the decorator's. The environment is set
+    on every deployment: Serve does not add the application's env_vars to a deployment
+    that sets its own."""
+    actor = dict(deployment.ray_actor_options or {})
+    if disable_gpu:
+        actor["num_gpus"] = 0
+    runtime_env = dict(actor.get("runtime_env") or {})
+    runtime_env["env_vars"] = {
+        **(runtime_env.get("env_vars") or {}),
+        **env_vars,
+        **(override.get("envVars") or {}),
+    }
+    actor["runtime_env"] = runtime_env
+    options: dict[str, Any] = {"ray_actor_options": actor}
+    if "numReplicas" in override:
+        options.update(num_replicas=override["numReplicas"], autoscaling_config=None)
+    if "autoscaling" in override:
+        scaling = override["autoscaling"]
+        options["autoscaling_config"] = {
+            "min_replicas": scaling.get("minReplicas", 1),
+            "max_replicas": scaling.get("maxReplicas", 1),
+            **(
+                {"target_ongoing_requests": scaling["targetOngoingRequests"]}
+                if "targetOngoingRequests" in scaling
+                else {}
+            ),
         }
-    return methods
+        options["num_replicas"] = "auto"
+    return deployment.options(**options)
 
 
-@serve.deployment(name="BioEngineIngress")
+class Graph:
+    """Binds the entry deployment and everything it composes, each class exactly once."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.overrides: dict[str, dict[str, Any]] = config.get("classes") or {}
+        self.disable_gpu = bool(config.get("disableGpu"))
+        self.env_vars: dict[str, str] = config.get("envVars") or {}
+        self.bound: dict[type, Any] = {}
+
+    def bind(self, target: Any, path: tuple[str, ...] = ()) -> Any:
+        cls = bioengine.app_class(target)
+        if cls is None:
+            raise bioengine.BioEngineUserError(
+                f"{getattr(target, '__qualname__', target)!r} is not a @bioengine.app class"
+            )
+        if cls.__name__ in path:
+            chain = " -> ".join((*path, cls.__name__))
+            raise bioengine.CompositionCycleError(f"deployments compose in a cycle: {chain}")
+        if cls in self.bound:
+            return self.bound[cls]
+        override = self.overrides.get(cls.__name__, {})
+        kwargs = dict(override.get("initKwargs") or {})
+        for name, hint in composed(cls).items():
+            kwargs[name] = self.bind(hint, (*path, cls.__name__))
+        deployment = with_overrides(target, override, self.env_vars, self.disable_gpu)
+        self.bound[cls] = deployment.bind(**kwargs)
+        return self.bound[cls]
+
+
+@serve.deployment(name="BioEngineIngress", ray_actor_options={"num_cpus": 0})
 class Ingress:
     """Turns HTTP requests from the bridge into calls on the entry deployment."""
 
-    def __init__(self, entry: Any, methods: dict[str, dict[str, str]]) -> None:
+    def __init__(self, entry: Any, description: dict[str, Any], frontend_dir: str | None) -> None:
         self.entry = entry
-        self.methods = methods
+        self.description = description
+        self.frontend_dir = Path(frontend_dir).resolve() if frontend_dir else None
+
+    def frontend_file(self, relative: str) -> Response:
+        if self.frontend_dir is None:
+            return JSONResponse({"error": "this app has no frontend"}, status_code=404)
+        target = (self.frontend_dir / relative).resolve()
+        if not target.is_relative_to(self.frontend_dir) or not target.is_file():
+            return JSONResponse({"error": f"no file {relative!r}"}, status_code=404)
+        media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return FileResponse(target, media_type=media_type)
 
     async def __call__(self, request: Request) -> Response:
-        name = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-        if request.method == "GET" and name == DESCRIBE:
-            return JSONResponse(self.methods)
-        if request.method != "POST" or name not in self.methods:
+        path, route = request.url.path, request.scope.get("root_path", "")
+        if route and path.startswith(route):
+            path = path[len(route) :]
+        path = path.strip("/")
+        if request.method == "GET" and path == DESCRIBE:
+            return JSONResponse(self.description)
+        if request.method == "GET" and path.split("/", 1)[0] == FRONTEND:
+            return self.frontend_file(path.partition("/")[2] or "index.html")
+        name = path.rsplit("/", 1)[-1]
+        if request.method != "POST" or name not in self.description["methods"]:
             return JSONResponse({"error": f"no method {name!r}"}, status_code=404)
         try:
             args, kwargs = codec.loads(await request.body())
@@ -85,15 +178,25 @@ class Ingress:
             return JSONResponse({"error": detail}, status_code=500)
 
 
-def build(config: dict[str, Any]) -> Any:
-    handles = {
-        path.partition(":")[0].rsplit(".", 1)[-1]: as_deployment(load(path)).bind()
-        for path in config.get("deployments", [])
+def app(args: dict[str, Any]) -> Any:
+    """The application builder ``serveConfigV2`` names; ``args`` as the operator wrote them."""
+    # Read by @bioengine.app(gpu_memory_mb=...) when the entry's modules are imported below.
+    os.environ[bioengine.GPU_MEMORY_ENV] = str(args.get("gpuMemoryMb") or 0)
+    entry = load(args["entry"])
+    cls = bioengine.app_class(entry)
+    if cls is None:
+        raise bioengine.BioEngineUserError(
+            f"entry {args['entry']} is not a @bioengine.app class (format 0.6.0 apps "
+            "decorate their classes with @bioengine.app)"
+        )
+    info = vars(cls)[bioengine.INFO]
+    frontend = args.get("frontendEntry")
+    frontend_dir = None
+    if frontend:
+        frontend_dir = str((app_folder(args["entry"]) / frontend).parent)
+    description = {
+        "methods": info["methods"],
+        "frontend": Path(frontend).name if frontend else None,
     }
-    entry = load(config["entry"])
-    methods = describe(user_class(entry), config.get("exposedMethods", []))
     # @serve.deployment made Ingress a Deployment, which type checkers cannot see.
-    return Ingress.bind(as_deployment(entry).bind(**handles), methods)  # type: ignore[attr-defined]
-
-
-app = build(json.loads(CONFIG_FILE.read_text()))
+    return Ingress.bind(Graph(args).bind(entry), description, frontend_dir)  # type: ignore[attr-defined]

@@ -1,0 +1,149 @@
+"""The ``bioengine`` authoring API and the codec, as the Ray pods import them, without Ray
+(what runs on Ray Serve is tested in tests/test_apps_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import bioengine  # on pytest's pythonpath (pyproject.toml), as in the Ray pods
+import numpy as np
+import pytest
+from pydantic import Field, ValidationError
+
+from bioengine_operator.runtime import codec
+
+
+class Lab:
+    @bioengine.method
+    async def measure(
+        self,
+        image: np.ndarray = Field(..., description="The image."),
+        sigma: float = Field(2.0, gt=0, description="Smoothing."),
+        mode: str = "fast",
+    ) -> dict[str, Any]:
+        """Measure things.
+
+        More text."""
+        return {"sigma": sigma, "mode": mode, "shape": image.shape}
+
+    @bioengine.method(context=True)
+    def whoami(self, context: dict[str, Any] | None = None) -> str:
+        """Who calls."""
+        return str((context or {})["user"]["id"])
+
+
+def test_a_method_schema_lists_parameters_with_descriptions_and_hides_context() -> None:
+    schema = Lab.measure.__schema__
+    assert schema["name"] == "measure"
+    assert schema["description"].startswith("Measure things.")
+    params = schema["parameters"]
+    assert params["required"] == ["image"]
+    assert params["properties"]["image"] == {"description": "The image."}
+    assert params["properties"]["sigma"] == {
+        "type": "number",
+        "exclusiveMinimum": 0.0,
+        "default": 2.0,
+        "description": "Smoothing.",
+    }
+    assert params["properties"]["mode"] == {"type": "string", "default": "fast"}
+    assert "context" not in Lab.whoami.__schema__["parameters"]["properties"]
+
+
+def test_calls_resolve_field_defaults_and_validate_arguments() -> None:
+    lab = Lab()
+    image = np.zeros((3, 4))
+    assert asyncio.run(lab.measure(image)) == {"sigma": 2.0, "mode": "fast", "shape": (3, 4)}
+    assert asyncio.run(lab.measure(image, sigma="0.5"))["sigma"] == 0.5
+    with pytest.raises(ValidationError, match="greater than 0"):
+        asyncio.run(lab.measure(image, sigma=0))
+    with pytest.raises(TypeError, match="missing required argument: 'image'"):
+        asyncio.run(lab.measure())
+    assert lab.whoami(context={"user": {"id": "alice"}}) == "alice"
+
+
+def test_a_context_method_must_declare_context() -> None:
+    with pytest.raises(TypeError, match="must declare a 'context' parameter"):
+
+        class Bad:
+            @bioengine.method(context=True)
+            def f(self) -> None: ...
+
+
+def test_reserved_names_and_duplicate_hooks_are_refused() -> None:
+    with pytest.raises(bioengine.ReservedMethodNameError, match="'check_health'"):
+
+        @bioengine.app()
+        class Bad:
+            def check_health(self) -> None: ...
+
+    with pytest.raises(bioengine.ReservedMethodNameError, match=r"two @bioengine\.smoke_test"):
+
+        @bioengine.app()
+        class Twice:
+            @bioengine.smoke_test
+            def a(self) -> None: ...
+
+            @bioengine.smoke_test
+            def b(self) -> None: ...
+
+
+def test_decorator_options_become_serve_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(bioengine.GPU_MEMORY_ENV, "16000")
+
+    @bioengine.app(
+        num_cpus=2,
+        gpu_memory_mb=4000,
+        memory_mb=512,
+        pip=["numpy", "surely-not-installed-package==1.0"],
+        env_vars={"A": 1},
+        ray_actor_options={"resources": {"fast": 1}},
+        num_replicas=3,
+    )
+    class App:
+        @bioengine.method
+        def f(self) -> None: ...
+
+        @bioengine.smoke_test
+        def check(self) -> None: ...
+
+    info = vars(App)[bioengine.INFO]
+    assert info["options"] == {
+        "ray_actor_options": {
+            "num_cpus": 2,
+            "num_gpus": 0.25,
+            "memory": 512 * 1024 * 1024,
+            # numpy is installed here: only what is missing is installed by Ray
+            "runtime_env": {"pip": ["surely-not-installed-package==1.0"], "env_vars": {"A": "1"}},
+            "resources": {"fast": 1},
+        },
+        "max_ongoing_requests": 10,
+        "num_replicas": 3,
+    }
+    assert info["hooks"] == {"async_init": None, "smoke_test": "check", "health_check": None}
+    assert list(info["methods"]) == ["f"]
+    assert bioengine.app_class(App) is App
+
+
+@pytest.mark.parametrize(
+    ("memory", "per_gpu", "gpus"),
+    [(-1, "16000", 1.0), (8000, "16000", 0.5), (40000, "16000", 1.0), (100, "", 1.0)],
+)
+def test_gpu_memory_becomes_a_share_of_a_gpu(
+    memory: int, per_gpu: str, gpus: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(bioengine.GPU_MEMORY_ENV, per_gpu)
+    assert bioengine.gpus_for(memory) == gpus
+
+
+def test_arrays_pass_the_codec_bit_exact() -> None:
+    for array in (
+        np.random.default_rng(2).random((256, 256), dtype=np.float32),
+        np.arange(60_000, dtype=np.uint16).reshape(200, 300),
+        np.array([[np.nan, -0.0, np.inf]], dtype=np.float64),
+    ):
+        back = codec.loads(codec.dumps({"x": [array]}))["x"][0]
+        assert back.dtype == array.dtype and back.shape == array.shape
+        assert back.tobytes() == array.tobytes()
+    with pytest.raises(TypeError, match="arrays of Python objects"):
+        codec.dumps(np.array([object()]))
