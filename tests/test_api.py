@@ -102,6 +102,8 @@ MINIMAL_APP = {
         ({"deploymentConfig": {}}, "deploymentConfig is a format 0.5 field"),
         ({"classes": {"A": {"numReplicas": 2, "autoscaling": {}}}}, "numReplicas or autoscaling"),
         ({"frontendEntry": "/etc/passwd"}, "String should match pattern"),
+        ({"frontendEntry": "ui/../../x.html"}, "String should match pattern"),
+        ({"methods": {"train": {"authorizedUsers": []}}}, "at least 1 item"),
     ],
 )
 def test_invalid_app_specs_are_refused(change: dict, message: str) -> None:

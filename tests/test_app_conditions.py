@@ -1,10 +1,11 @@
-"""``ServeApplicationHealthy`` from the Serve status KubeRay copies into a RayService."""
+"""``ServeApplicationHealthy`` / ``ServeUpgradeHealthy`` from the Serve statuses KubeRay
+copies into a RayService."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bioengine_operator.controllers.app import serve_condition
+from bioengine_operator.controllers.app import NO_UPGRADE, serve_conditions
 
 TRACEBACK = (
     "The deployment failed to start 3 times in a row. Error:\n"
@@ -12,53 +13,56 @@ TRACEBACK = (
     "ValueError: no cells\n\nThe above exception was the direct cause:\n"
     "bioengine.SmokeTestFailed: smoke test Seg.check failed: ValueError: no cells"
 )
+SMOKE = {"Ingress": {"status": "HEALTHY"}, "Seg": {"status": "DEPLOY_FAILED", "message": TRACEBACK}}
 
 
-def ray_service(state: str, deployments: dict[str, Any], side: str = "active") -> dict[str, Any]:
+def side(state: str, deployments: dict[str, Any]) -> dict[str, Any]:
     app = {"status": state, "message": "", "serveDeploymentStatuses": deployments}
-    return {
-        "status": {
-            f"{side}ServiceStatus": {"rayClusterName": "rc", "applicationStatuses": {"seg": app}}
-        }
-    }
+    return {"rayClusterName": "rc", "applicationStatuses": {"seg": app}}
+
+
+def ray_service(**sides: dict[str, Any]) -> dict[str, Any]:
+    return {"status": {f"{name}ServiceStatus": value for name, value in sides.items()}}
 
 
 def test_running_is_healthy_and_no_status_yet_is_unknown() -> None:
-    assert serve_condition(ray_service("RUNNING", {}), "seg")[0] is True
-    assert serve_condition(None, "seg")[:2] == ("Unknown", "NotDeployed")
-    assert serve_condition(ray_service("DEPLOYING", {}), "seg")[:2] == ("Unknown", "Deploying")
+    assert serve_conditions(ray_service(active=side("RUNNING", {})), "seg")[0][0] is True
+    assert serve_conditions(None, "seg")[0][:2] == ("Unknown", "NotDeployed")
+    deploying = ray_service(active=side("DEPLOYING", {}))
+    assert serve_conditions(deploying, "seg")[0][:2] == ("Unknown", "Deploying")
 
 
 def test_a_failed_smoke_test_quotes_the_apps_error_line() -> None:
-    failed = ray_service(
-        "DEPLOY_FAILED",
-        {
-            "Ingress": {"status": "HEALTHY"},
-            "Seg": {"status": "DEPLOY_FAILED", "message": TRACEBACK},
-        },
-    )
-    assert serve_condition(failed, "seg") == (
+    current, upgrade = serve_conditions(ray_service(active=side("DEPLOY_FAILED", SMOKE)), "seg")
+    assert current == (
         False,
         "SmokeTestFailed",
         "Seg: SmokeTestFailed: smoke test Seg.check failed: ValueError: no cells",
     )
+    assert upgrade == NO_UPGRADE
+
+
+def test_a_first_deployment_is_read_from_the_pending_cluster() -> None:
+    current, _ = serve_conditions(ray_service(pending=side("DEPLOY_FAILED", SMOKE)), "seg")
+    assert current[1] == "SmokeTestFailed"
 
 
 def test_an_unhealthy_app_and_a_failed_constructor() -> None:
-    unhealthy = ray_service(
-        "UNHEALTHY", {"Seg": {"status": "UNHEALTHY", "message": "A replica's health check failed."}}
+    unhealthy = side("UNHEALTHY", {"Seg": {"status": "UNHEALTHY", "message": "A replica failed."}})
+    assert serve_conditions(ray_service(active=unhealthy), "seg")[0][:2] == (
+        False,
+        "HealthCheckFailed",
     )
-    assert serve_condition(unhealthy, "seg")[:2] == (False, "HealthCheckFailed")
-    crashed = ray_service(
-        "DEPLOY_FAILED", {"Seg": {"status": "DEPLOY_FAILED", "message": "TypeError: bad init"}}
+    crashed = side("DEPLOY_FAILED", {"Seg": {"status": "DEPLOY_FAILED", "message": "TypeError: x"}})
+    assert serve_conditions(ray_service(active=crashed), "seg")[0] == (
+        False,
+        "DeployFailed",
+        "Seg: TypeError: x",
     )
-    assert serve_condition(crashed, "seg") == (False, "DeployFailed", "Seg: TypeError: bad init")
 
 
-def test_the_pending_cluster_of_an_upgrade_is_the_one_reported() -> None:
-    body = ray_service("RUNNING", {})
-    pending = ray_service(
-        "DEPLOY_FAILED", {"Seg": {"status": "DEPLOY_FAILED", "message": TRACEBACK}}, "pending"
-    )
-    body["status"].update(pending["status"])
-    assert serve_condition(body, "seg")[1] == "SmokeTestFailed"
+def test_a_failing_upgrade_is_reported_apart_from_the_serving_cluster() -> None:
+    body = ray_service(active=side("RUNNING", {}), pending=side("DEPLOY_FAILED", SMOKE))
+    current, upgrade = serve_conditions(body, "seg")
+    assert current[0] is True
+    assert upgrade[:2] == (False, "SmokeTestFailed")

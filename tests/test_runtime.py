@@ -77,6 +77,13 @@ def test_reserved_names_and_duplicate_hooks_are_refused() -> None:
         class Bad:
             def check_health(self) -> None: ...
 
+    with pytest.raises(bioengine.ReservedMethodNameError, match="'check_health'"):
+
+        @bioengine.app()
+        class Exposed:
+            @bioengine.method
+            def check_health(self) -> None: ...
+
     with pytest.raises(bioengine.ReservedMethodNameError, match=r"two @bioengine\.smoke_test"):
 
         @bioengine.app()

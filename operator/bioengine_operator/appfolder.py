@@ -62,7 +62,7 @@ def read_manifest(folder: Path) -> tuple[AppManifest, list[str]]:
     if not where.is_file():
         raise AppFolderError(f"{where}: not found (an app folder holds a {MANIFEST})")
     try:
-        raw = yaml.safe_load(where.read_text())
+        raw = yaml.safe_load(where.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise AppFolderError(f"{where}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):

@@ -58,6 +58,8 @@ def render(args: argparse.Namespace) -> str:
             raise appfolder.AppFolderError(f"{args.overrides}: {err}") from None
         if not isinstance(overrides, dict):
             raise appfolder.AppFolderError(f"{args.overrides}: must be a mapping of spec fields")
+    if args.zip:  # first: a folder too large for a ConfigMap is what the zip is for
+        args.zip.write_bytes(appfolder.zip_of(appfolder.files_of(args.folder)))
     rendered = appfolder.render(
         args.folder,
         name=args.name,
@@ -73,8 +75,6 @@ def render(args: argparse.Namespace) -> str:
         raise appfolder.AppFolderError(f"{where}: {fields}") from None
     for warning in rendered.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.zip:
-        args.zip.write_bytes(appfolder.zip_of(appfolder.files_of(args.folder)))
     return yaml.dump_all(rendered.objects, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 

@@ -82,8 +82,9 @@ class ClassOverride(Model):
 
 class MethodOverride(Model):
     authorized_users: list[str] = Field(
+        min_length=1,
         description='Who may call this method (Hypha user ids or emails; "*" for everyone), '
-        "instead of the app's authorizedUsers."
+        "instead of the app's authorizedUsers.",
     )
 
 
@@ -237,7 +238,7 @@ class AppManifest(Model):
     version: str | None = Field(None, description="Version of the app.")
     frontend_entry: str | None = Field(
         None,
-        pattern=r"^[^/].*\.html?$",
+        pattern=r"^([^./][^/]*/)*[^./][^/]*\.html?$",
         description="An HTML page in the app's folder, served through Hypha as the app's UI.",
     )
     authorized_users: list[str] = Field(

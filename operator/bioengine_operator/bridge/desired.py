@@ -42,8 +42,8 @@ class Desired:
 def serviceable(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
     kind = body["kind"]
-    if kind == "BioEngineApp":
-        return bool(status.get("phase") == "Ready")
+    if kind == "BioEngineApp":  # Degraded: an unhealthy replica, or a failed upgrade
+        return status.get("phase") in ("Ready", "Degraded")
     if kind == "ModelRunner":
         ready = sum(int((status.get(c) or {}).get("readyReplicas", 0)) for c in ("blue", "green"))
         return ready > 0

@@ -5,7 +5,9 @@ KubeRay's conditions are copied with a ``RayService`` prefix, so ``kubectl descr
 the app shows why it is not Ready without looking at the RayService. The Serve
 application's own status (which KubeRay copies from Ray) becomes ``ServeApplicationHealthy``:
 a failed smoke test or constructor (``DEPLOY_FAILED``) makes the app ``Failed`` and a
-failing health check (``UNHEALTHY``) ``Degraded``, quoting the app's error. An app that
+failing health check (``UNHEALTHY``) ``Degraded``, quoting the app's error. A new version
+that fails while KubeRay upgrades (``ServeUpgradeHealthy``) makes it ``Degraded`` too: the
+previous cluster keeps serving, and the bridge keeps a ``Degraded`` app's service. An app that
 stays not Ready longer than ``initTimeoutSeconds`` after a change is reported ``Stuck`` (a
 condition and a Warning Event): a RayService stuck initializing is the most common KubeRay
 complaint, and otherwise it just sits there silently.
@@ -87,15 +89,32 @@ def _app_error(message: str) -> str:
     return text[:MESSAGE_LIMIT]
 
 
-def serve_condition(
+Condition = tuple[bool | str, str, str]
+NO_UPGRADE: Condition = ("Unknown", "NoUpgrade", "no upgrade in progress")
+
+
+def serve_conditions(
     ray_service: dict[str, Any] | None, app_name: str
-) -> tuple[bool | str, str, str]:
-    """``ServeApplicationHealthy`` from the Serve status KubeRay copied into the RayService
-    (the pending cluster's during an upgrade, else the active one's)."""
+) -> tuple[Condition, Condition]:
+    """``ServeApplicationHealthy`` and ``ServeUpgradeHealthy`` from the Serve statuses KubeRay
+    copied into the RayService: the cluster that serves (the pending one until a first one
+    is up), and the pending cluster of an upgrade, if any."""
     status = (ray_service or {}).get("status") or {}
-    pending = status.get("pendingServiceStatus") or {}
-    side = pending if pending.get("rayClusterName") else status.get("activeServiceStatus") or {}
-    app = (side.get("applicationStatuses") or {}).get(app_name)
+    pending_side = status.get("pendingServiceStatus") or {}
+    pending = _app(pending_side, app_name) if pending_side.get("rayClusterName") else None
+    active = _app(status.get("activeServiceStatus") or {}, app_name)
+    if active is None:
+        return serve_condition(pending), NO_UPGRADE
+    return serve_condition(active), NO_UPGRADE if pending is None else serve_condition(pending)
+
+
+def _app(side: dict[str, Any], app_name: str) -> dict[str, Any] | None:
+    found = (side.get("applicationStatuses") or {}).get(app_name)
+    return dict(found) if found else None
+
+
+def serve_condition(app: dict[str, Any] | None) -> Condition:
+    """Healthy (True), failed (False, quoting the app's error), or on its way (Unknown)."""
     if not app:
         return "Unknown", "NotDeployed", "Ray Serve reported no status for the app yet"
     state = app.get("status", "")
@@ -185,7 +204,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
         rayservice.children(owner, spec, inputs), owner.uid, {("RayService", owner.name): live}
     )
     mirrored = mirrored_conditions(live)
-    serving, serve_reason, serve_message = serve_condition(live, owner.name)
+    (serving, serve_reason, serve_message), upgrade = serve_conditions(live, owner.name)
     ray_ready = any(t == "RayServiceReady" and s == "True" for t, s, _, _ in mirrored)
     ready = ray_ready and serving is not False
 
@@ -199,7 +218,10 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
     waited = (ctx.now - _parse_time(since)).total_seconds() if since else 0.0
     stuck = not ready and waited > spec.init_timeout_seconds
 
-    if ready:
+    if ready and upgrade[0] is False:  # KubeRay keeps the previous cluster serving
+        phase, reason = "Degraded", upgrade[1]
+        message = f"the new version failed, the previous one keeps serving: {upgrade[2]}"
+    elif ready:
         phase, reason, message = "Ready", "RayServiceReady", "the Ray Serve app is running"
     elif serving is False:
         phase = "Failed" if serve_reason in ("SmokeTestFailed", "DeployFailed") else "Degraded"
@@ -229,6 +251,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
                 ("DatasetsResolved", True, "Resolved", f"{len(datasets)} dataset(s) mounted"),
                 ("Stuck", stuck, reason if stuck else "Progressing", message if stuck else ""),
                 ("ServeApplicationHealthy", serving, serve_reason, serve_message),
+                ("ServeUpgradeHealthy", *upgrade),
                 *mirrored,
             ),
         )

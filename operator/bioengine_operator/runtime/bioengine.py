@@ -353,11 +353,11 @@ def actor_options(
 def _scan(cls: type) -> dict[str, Any]:
     for name in RESERVED:
         member = cls.__dict__.get(name)
-        if member is not None and getattr(member, KIND, None) is None:
+        if member is not None and getattr(member, KIND, None) not in HOOKS:
             raise ReservedMethodNameError(
                 f"{cls.__module__}.{cls.__qualname__} defines {name!r}, a name the runtime "
-                "owns: mark your method with @bioengine.async_init, @bioengine.smoke_test "
-                "or @bioengine.health_check instead (any name)"
+                "owns: name it otherwise (a lifecycle hook: mark it with "
+                "@bioengine.async_init, @bioengine.smoke_test or @bioengine.health_check)"
             )
     hooks: dict[str, str | None] = dict.fromkeys(HOOKS)
     methods: dict[str, dict[str, Any]] = {}
@@ -387,6 +387,8 @@ def _with_lifecycle(cls: Any, hooks: dict[str, str | None]) -> None:
     """Wrap the constructor (handles → runtime handles, then async_init and smoke_test)
     and give Serve a ``check_health`` that runs the app's health check."""
     original = cls.__init__
+    # The hooks themselves, taken now: check_health is replaced below, and may be a hook's name.
+    run = {kind: getattr(cls, name) for kind, name in hooks.items() if name}
 
     @functools.wraps(original)
     async def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -395,11 +397,11 @@ def _with_lifecycle(cls: Any, hooks: dict[str, str | None]) -> None:
         result = original(self, *args, **kwargs)
         if inspect.isawaitable(result):
             await result
-        if hooks["async_init"]:
-            await _call(getattr(self, hooks["async_init"]))
-        if hooks["smoke_test"]:
+        if "async_init" in run:
+            await _call(functools.partial(run["async_init"], self))
+        if "smoke_test" in run:
             try:
-                await _call(getattr(self, hooks["smoke_test"]))
+                await _call(functools.partial(run["smoke_test"], self))
             except Exception as err:
                 raise SmokeTestFailed(
                     f"smoke test {cls.__name__}.{hooks['smoke_test']} failed: "
@@ -407,9 +409,9 @@ def _with_lifecycle(cls: Any, hooks: dict[str, str | None]) -> None:
                 ) from err
 
     async def check_health(self: Any) -> None:
-        if hooks["health_check"]:
+        if "health_check" in run:
             try:
-                await _call(getattr(self, hooks["health_check"]))
+                await _call(functools.partial(run["health_check"], self))
             except Exception as err:
                 logger.error("health check of %s failed: %r", cls.__name__, err)
                 raise HealthCheckFailed(

@@ -146,13 +146,15 @@ class Ingress:
     def __init__(self, entry: Any, description: dict[str, Any], frontend_dir: str | None) -> None:
         self.entry = entry
         self.description = description
-        self.frontend_dir = Path(frontend_dir).resolve() if frontend_dir else None
+        # Resolved per request: a mounted ConfigMap's files move when the kubelet updates it.
+        self.frontend_dir = Path(frontend_dir) if frontend_dir else None
 
     def frontend_file(self, relative: str) -> Response:
         if self.frontend_dir is None:
             return JSONResponse({"error": "this app has no frontend"}, status_code=404)
-        target = (self.frontend_dir / relative).resolve()
-        if not target.is_relative_to(self.frontend_dir) or not target.is_file():
+        folder = self.frontend_dir.resolve()
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder) or not target.is_file():
             return JSONResponse({"error": f"no file {relative!r}"}, status_code=404)
         media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return FileResponse(target, media_type=media_type)
@@ -165,7 +167,7 @@ class Ingress:
         if request.method == "GET" and path == DESCRIBE:
             return JSONResponse(self.description)
         if request.method == "GET" and path.split("/", 1)[0] == FRONTEND:
-            return self.frontend_file(path.partition("/")[2] or "index.html")
+            return self.frontend_file(path.partition("/")[2] or self.description["frontend"])
         name = path.rsplit("/", 1)[-1]
         if request.method != "POST" or name not in self.description["methods"]:
             return JSONResponse({"error": f"no method {name!r}"}, status_code=404)
@@ -193,7 +195,10 @@ def app(args: dict[str, Any]) -> Any:
     frontend = args.get("frontendEntry")
     frontend_dir = None
     if frontend:
-        frontend_dir = str((app_folder(args["entry"]) / frontend).parent)
+        root = app_folder(args["entry"])
+        if not (root / frontend).resolve().is_relative_to(root):
+            raise bioengine.BioEngineUserError(f"frontendEntry {frontend} leaves the app's folder")
+        frontend_dir = str((root / frontend).parent)
     description = {
         "methods": info["methods"],
         "frontend": Path(frontend).name if frontend else None,
