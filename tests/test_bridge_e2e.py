@@ -47,6 +47,7 @@ from bioengine_devtools.stack import (
     BridgeStack,
     simulate_rayservice_status,
 )
+from bioengine_operator.runtime import codec
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +255,34 @@ def test_a_browser_preflight_and_ranged_read_of_the_dataset_files_get_cors(
         assert answer.status == 206 and answer.read() == b"HeLa"
         assert answer.headers["Access-Control-Allow-Origin"] == "*"
         assert "Content-Range" in answer.headers["Access-Control-Expose-Headers"]
+
+
+def test_an_app_in_the_upstream_layout_runs_unchanged(stack: BridgeStack) -> None:
+    """Entry inside the folder-as-package, a runtime in a namespace package importing a
+    top-level helper, pip list read from a file, multiplexing, a sync method, a page."""
+    folder = Path(__file__).parent / "apps" / "package-app"
+    name = stack.apply_app(folder, {"classes": {"PackageApp": {"initKwargs": {"suffix": "?"}}}})
+    try:
+        stack.deploy_apps()
+        stack.wait_app(name, "Ready")
+        base = f"http://127.0.0.1:{stack.ray.port}/{name}"
+
+        def call(method: str, **kwargs: Any) -> Any:
+            body = codec.dumps([[], kwargs])
+            request = urllib.request.Request(f"{base}/{method}", data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return codec.loads(answer.read())
+
+        assert call("reverse_text", text="abc") == {"reversed": "cba?", "greeting": "hello"}
+        assert call("numbers") == {"values": [1, 2, 3]}
+        assert call("mean", values=[1, 2, 6])["mean"] == 3.0
+        assert call("datasets") == {}
+        with urllib.request.urlopen(f"{base}/__frontend__/", timeout=30) as page:
+            assert b"<title>Package App</title>" in page.read()
+    finally:
+        stack.cluster.kubectl("-n", NS, "delete", "bea", name, "--wait=true")
+        wait_for(lambda: not stack.cluster.get(NS, "rayservice", name), "RayService collected")
+        stack.deploy_apps()
 
 
 def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(

@@ -21,11 +21,12 @@ class Lab:
         image: np.ndarray = Field(..., description="The image."),
         sigma: float = Field(2.0, gt=0, description="Smoothing."),
         mode: str = "fast",
+        values: list[int] = Field(None, description="Left unset: None, not validated."),
     ) -> dict[str, Any]:
         """Measure things.
 
         More text."""
-        return {"sigma": sigma, "mode": mode, "shape": image.shape}
+        return {"sigma": sigma, "mode": mode, "shape": image.shape, "values": values}
 
     @bioengine.method(context=True)
     def whoami(self, context: dict[str, Any] | None = None) -> str:
@@ -53,7 +54,13 @@ def test_a_method_schema_lists_parameters_with_descriptions_and_hides_context() 
 def test_calls_resolve_field_defaults_and_validate_arguments() -> None:
     lab = Lab()
     image = np.zeros((3, 4))
-    assert asyncio.run(lab.measure(image)) == {"sigma": 2.0, "mode": "fast", "shape": (3, 4)}
+    assert asyncio.run(lab.measure(image)) == {
+        "sigma": 2.0,
+        "mode": "fast",
+        "shape": (3, 4),
+        "values": None,
+    }
+    assert asyncio.run(lab.measure(image, values=["1"]))["values"] == [1]
     assert asyncio.run(lab.measure(image, sigma="0.5"))["sigma"] == 0.5
     with pytest.raises(ValidationError, match="greater than 0"):
         asyncio.run(lab.measure(image, sigma=0))

@@ -298,13 +298,14 @@ class BridgeStack:
             (entry / key).write_text(text)
         code = self.cluster.get(NS, "configmap", f"{name}-code")
         source = objects[-1]["spec"]["source"]["configMap"]
-        places = {i["key"]: i["path"] for i in source.get("items", [])}
+        # A key may be placed more than once (an entry that imports the folder as a package).
+        items = source.get("items") or [{"key": key, "path": key} for key in code["data"]]
         target = self.workdir / "code" / name
         shutil.rmtree(target, ignore_errors=True)
-        for key, text in code["data"].items():
-            path = target / places.get(key, key)
+        for item in items:
+            path = target / item["path"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_text(code["data"][item["key"]])
         return str(name)
 
     def deploy_apps(self) -> None:

@@ -182,6 +182,7 @@ def _arguments(
     resolved, annotated arguments validated (and coerced, as pydantic does)."""
     found = signature(fn)
     bound = found.bind(*args, **kwargs)
+    given = set(bound.arguments)  # defaults are not validated (as pydantic does not)
     for name, param in found.parameters.items():
         if name in bound.arguments or not isinstance(param.default, FieldInfo):
             continue
@@ -189,6 +190,8 @@ def _arguments(
             raise TypeError(f"{fn.__name__}() missing required argument: {name!r}")
         bound.arguments[name] = param.default.get_default(call_default_factory=True)
     for name, value in bound.arguments.items():
+        if name not in given:
+            continue
         param = found.parameters[name]
         variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
         if variadic or (

@@ -1,0 +1,2 @@
+def described(name, **fields):
+    return {"runtime": name, **fields}
