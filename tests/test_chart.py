@@ -750,6 +750,14 @@ def reconcile_with_chart_rbac(
                 )
 
             wait_for(settled, f"every {kind} reconciled, old finalizers removed", timeout=120)
+
+        def names(kind: str) -> set[str]:
+            found = json.loads(dev.kubectl("-n", workload_ns, "get", kind, "-o", "json").stdout)
+            return {o["metadata"]["name"] for o in found["items"]}
+
+        # An app applied with its dataset may first find the dataset missing (Pending) and
+        # make its RayService on the retry: wait for that, so every grant gets used.
+        wait_for(lambda: names("bea") <= names("rayservices"), "every app's RayService", 120)
         wait_for(
             lambda: (
                 {
