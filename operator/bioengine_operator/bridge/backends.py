@@ -178,14 +178,9 @@ class AppClient:
     @contextlib.asynccontextmanager
     async def frontend(self, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """A file of the app's frontend folder, its body not read yet."""
-        quoted = urllib.parse.quote(path)
-        try:
-            async with self.session.get(
-                f"{self.endpoint}/__frontend__/{quoted}", timeout=self.timeout
-            ) as response:
-                yield response
-        except (aiohttp.ClientConnectionError, TimeoutError) as err:
-            raise BackendUnavailable(f"app unreachable: {err}") from err
+        url = f"{self.endpoint}/__frontend__/{urllib.parse.quote(path)}"
+        async with streamed(self.session, "app", url, timeout=self.timeout) as response:
+            yield response
 
     async def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -238,16 +233,15 @@ class DatasetClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The server's response, its body not read yet (callers stream or cap it)."""
         request_headers = {"Authorization": f"Bearer {self.token(user)}", **(headers or {})}
-        try:
-            async with self.session.get(
-                f"{self.endpoint}{path}",
-                headers=request_headers,
-                params=params,
-                timeout=self.timeout,
-            ) as response:
-                yield response
-        except (aiohttp.ClientConnectionError, TimeoutError) as err:
-            raise BackendUnavailable(f"dataset server unreachable: {err}") from err
+        async with streamed(
+            self.session,
+            "dataset server",
+            f"{self.endpoint}{path}",
+            headers=request_headers,
+            params=params,
+            timeout=self.timeout,
+        ) as response:
+            yield response
 
     async def get(
         self,
@@ -259,6 +253,19 @@ class DatasetClient:
         """Status and whole body of a small answer (a listing, an error)."""
         async with self.open(path, user, headers, params) as response:
             return response.status, await response.read()
+
+
+@contextlib.asynccontextmanager
+async def streamed(
+    session: aiohttp.ClientSession, what: str, url: str, **options: Any
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """A GET's response, its body not read yet; a backend that cannot be reached (or stops
+    answering) is ``BackendUnavailable``, naming ``what`` it is."""
+    try:
+        async with session.get(url, **options) as response:
+            yield response
+    except (aiohttp.ClientConnectionError, TimeoutError) as err:
+        raise BackendUnavailable(f"{what} unreachable: {err}") from err
 
 
 def _error_text(body: bytes, status: int) -> str:
