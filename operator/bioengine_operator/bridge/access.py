@@ -21,7 +21,9 @@ def user_workspaces(authorized_users: Sequence[str]) -> list[str]:
 
 
 def authorize(authorized_users: Sequence[str], context: dict[str, Any] | None, service: str) -> str:
-    """Return the caller's id, or raise PermissionError saying why the call is refused."""
+    """Return who the caller is authorized as, or raise PermissionError saying why the call
+    is refused: its id, or its email where the list names the email, so that the dataset
+    server, which checks the same list, recognizes it too."""
     user = (context or {}).get("user") or {}
     caller = str(user.get("id") or "anonymous")
     if not authorized_users or EVERYONE in authorized_users:
@@ -31,8 +33,10 @@ def authorize(authorized_users: Sequence[str], context: dict[str, Any] | None, s
             f"{service} does not accept anonymous calls: connect to Hypha with a token of one "
             "of its authorized users"
         )
-    if caller in authorized_users or (user.get("email") and user["email"] in authorized_users):
+    if caller in authorized_users:
         return caller
+    if user.get("email") and user["email"] in authorized_users:
+        return str(user["email"])
     raise PermissionError(
         f"user {caller} ({user.get('email') or 'no email'}) is not authorized to call {service}"
     )
