@@ -6,10 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml devtools/pyproject.toml | sha256sum | cut -c1-12)
 # The real backends of the bridge tests, each in its own venv (their pins conflict).
 BACKENDS := hypha ray triton
-BACKEND_STAMPS := $(foreach b,$(BACKENDS),.venv-$(b)/.installed-$(shell sha256sum tools/requirements/$(b).txt | cut -c1-12))
+REQUIREMENTS := operator/bioengine_operator/local/requirements
+BACKEND_STAMPS := $(foreach b,$(BACKENDS),.venv-$(b)/.installed-$(shell sha256sum $(REQUIREMENTS)/$(b).txt | cut -c1-12))
 KUBECONFIG_DEMO := .devcluster/bioengine-dev/kubeconfig
+BIOENGINE := $(VENV)/bin/bioengine
+DEMO := .demo
 
-.PHONY: venv tools backends crds lint test cluster-up cluster-down demo clean lock chart-lint
+.PHONY: venv tools backends crds lint test cluster-up cluster-down demo demo-cluster clean lock chart-lint
 
 $(STAMP): pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +23,8 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 venv: $(STAMP)
 
 define backend
-.venv-$(1)/.installed-$(shell sha256sum tools/requirements/$(1).txt | cut -c1-12): tools/requirements/$(1).txt
-	$(PYTHON) -m venv .venv-$(1)
-	.venv-$(1)/bin/python -m pip install --quiet -r $$<
-	rm -f .venv-$(1)/.installed-* && touch $$@
+.venv-$(1)/.installed-$(shell sha256sum $(REQUIREMENTS)/$(1).txt | cut -c1-12): $(REQUIREMENTS)/$(1).txt $(STAMP)
+	$(PY) -m bioengine_operator.local.envs --root . $(1)
 endef
 $(foreach b,$(BACKENDS),$(eval $(call backend,$(b))))
 
@@ -53,12 +54,24 @@ test: tools backends lint
 cluster-up: tools
 	$(PY) -m bioengine_devtools up
 
-## cluster-down: stop the control plane (and the demo's operator) started by cluster-up / demo
+## cluster-down: stop the control plane (and the operator) started by cluster-up / demo-cluster
 cluster-down: venv
 	$(PY) -m bioengine_devtools down
 
-## demo: a local control plane with the operator running, the examples applied and reconciled
-demo: tools
+## demo: the examples and apps/ on this machine (bioengine up), called through Hypha by
+## examples/client.py, then stopped. Installs the Ray, Triton and Hypha environments on first use.
+demo: venv
+	$(PY) examples/sample_data.py $(DEMO)/cell-images
+	@$(BIOENGINE) down --state-dir $(DEMO)/state >/dev/null  # what an interrupted demo left
+	@trap '$(BIOENGINE) down --state-dir $(DEMO)/state' EXIT; \
+	$(BIOENGINE) up --detach --state-dir $(DEMO)/state --envs-dir . \
+		--volume cell-images=$(DEMO)/cell-images \
+		examples apps/nucleus-segmentation apps/probability-segmentation && \
+	eval "$$($(BIOENGINE) env --state-dir $(DEMO)/state --user alice@example.org)" && \
+	echo && echo '$$ python examples/client.py' && $(PY) examples/client.py
+
+## demo-cluster: the same YAML on a local control plane (kwok pods) with the operator running
+demo-cluster: tools
 	$(PY) -m bioengine_devtools up --operator
 	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl apply -f examples/
 	KUBECONFIG=$(KUBECONFIG_DEMO) kubectl wait --for=jsonpath='{.status.phase}'=Ready \
@@ -77,4 +90,4 @@ chart-lint: tools
 	"$$($(PY) -c 'from bioengine_devtools import tools; print(tools.binary("helm"))')" lint --strict charts/bioengine-operator
 
 clean: cluster-down
-	rm -rf $(VENV) $(foreach b,$(BACKENDS),.venv-$(b)) .devcluster
+	rm -rf $(VENV) $(foreach b,$(BACKENDS),.venv-$(b)) .devcluster $(DEMO)

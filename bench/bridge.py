@@ -35,9 +35,9 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from hypha_rpc import connect_to_server
 
-from bioengine_devtools import procs, servers
 from bioengine_devtools.stack import RUNNER, WORKSPACE, BridgeStack
 from bioengine_operator.bridge import hypha as bridge_hypha
+from bioengine_operator.local import procs, servers
 
 PAYLOADS = {
     "512x512 f32 (1 MiB)": np.random.default_rng(0).random((512, 512), dtype=np.float32),

@@ -15,7 +15,8 @@ import pytest
 from kubernetes import client, config
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import operator_process, procs
+from bioengine_devtools import operator_process
+from bioengine_operator.local import procs
 
 # Log tails to attach to a failing test's report, registered by the fixtures that own them.
 _LOG_SOURCES: list[Callable[[], str]] = []

@@ -10,7 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import procs
+from bioengine_operator.local import procs
 
 GROUP_VERSION = "bioengine.bioimage.io/v1alpha1"
 TIMEOUT = 60.0

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from hypha_rpc import connect_to_server
 
-from bioengine_devtools import servers, tools
+from bioengine_devtools import tools
 from bioengine_operator.bridge import hypha
+from bioengine_operator.local import servers
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ import yaml
 from helpers import get, status, wait_for
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import operator_process, procs, tools
+from bioengine_devtools import operator_process, tools
+from bioengine_operator.local import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "bioengine-operator"

@@ -43,11 +43,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from bioengine_devtools import procs
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.dataserver.__main__ import main
 from bioengine_operator.dataserver.app import AccessLogger, build_app
 from bioengine_operator.dataserver.manifest import DatasetManifest, load_manifest
+from bioengine_operator.local import procs
 
 KEY = tokens.generate_private_key()
 PUBLIC_KEY = KEY.public_key()

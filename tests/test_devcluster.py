@@ -19,7 +19,8 @@ import yaml
 from kubernetes import client
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import procs, tools
+from bioengine_devtools import tools
+from bioengine_operator.local import procs
 
 TIMEOUT = 60
 

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import urllib.request
@@ -29,7 +28,9 @@ from typing import Any
 import yaml
 
 from bioengine_devtools import pki as pki_mod
-from bioengine_devtools import procs, tools
+from bioengine_devtools import tools
+from bioengine_operator.local import procs
+from bioengine_operator.local.procs import free_port
 
 KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
@@ -111,12 +112,6 @@ def node_manifest(node: NodeSpec, index: int) -> dict[str, Any]:
             ],
         },
     }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclasses.dataclass

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import procs, tools
+from bioengine_devtools import tools
+from bioengine_operator.local import procs
 
 CRD_DIR = tools.REPO_ROOT / "crds"
 

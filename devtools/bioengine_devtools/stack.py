@@ -35,10 +35,11 @@ import yaml
 import zarr
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import operator_process, procs, servers, tools
+from bioengine_devtools import operator_process, tools
 from bioengine_operator import appfolder
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.dataserver import tokens
+from bioengine_operator.local import procs, servers
 
 NS = "default"
 EXAMPLES = tools.REPO_ROOT / "examples"

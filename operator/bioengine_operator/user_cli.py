@@ -1,5 +1,8 @@
 """``bioengine``: the command for people who write and deploy BioEngine apps.
 
+``bioengine up ./my-app`` runs an app folder, or the same YAML that goes to a cluster, on
+this machine (see :mod:`bioengine_operator.local.cli`).
+
 ``bioengine render ./my-app | kubectl apply -f -`` turns an app folder of format 0.6.0 into
 a BioEngineApp and the ConfigMap with its code. A bad folder or overrides file is refused
 before anything reaches the cluster: the message names the file and the field, and the
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 
 from bioengine_operator import appfolder
 from bioengine_operator.api.app import BioEngineAppSpec
+from bioengine_operator.local import cli as local_cli
 
 USAGE_ERROR = 2
 
@@ -46,6 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="YAML merged into the spec (CRD field names): classes, methods, envVars, "
         "disableGpu, rayCluster, datasets, service",
     )
+    local_cli.add_verbs(verbs)
     return parser.parse_args(argv)
 
 
@@ -92,6 +97,8 @@ Dumper.add_representer(str, _text)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.verb != "render":
+        raise SystemExit(local_cli.run(args))
     try:
         sys.stdout.write(render(args))
     except appfolder.AppFolderError as err:

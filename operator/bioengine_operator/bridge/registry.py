@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -70,10 +71,14 @@ class Registry:
         limits: Limits,
         signing_key: tokens.PrivateKey | None,
         resync_seconds: float = 5.0,
+        existing: Callable[[list[Key]], set[Key]] | None = None,
     ) -> None:
+        """``existing`` tells which resources still exist (default: list them in the
+        cluster); ``bioengine up`` passes its own, as it has no cluster."""
         self.hypha, self.endpoints, self.workspace = hypha, endpoints, workspace
         self.limits, self.signing_key = limits, signing_key
         self.resync_seconds = resync_seconds
+        self.existing = existing or _kube_existing
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.seen: dict[Key, float] = {}  # when each body last arrived (monotonic)
         self.wanted: dict[Key, Desired] = {}
@@ -143,7 +148,7 @@ class Registry:
     async def _prune(self) -> None:
         listed_at = time.monotonic()
         try:
-            existing = await asyncio.to_thread(kube.existing, API_VERSION, list(self.bodies))
+            existing = await asyncio.to_thread(self.existing, list(self.bodies))
         except Exception as err:  # best effort; tried again next time
             logger.warning("cannot list the watched resources: %s", _text(err))
             return
@@ -283,6 +288,10 @@ class Registry:
         for kind, _, _ in list(self.registered):
             counts[(kind,)] = counts.get((kind,), 0) + 1
         return counts
+
+
+def _kube_existing(keys: list[Key]) -> set[Key]:
+    return kube.existing(API_VERSION, keys)
 
 
 def _text(err: BaseException) -> str:

@@ -20,12 +20,13 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from bioengine_devtools import procs
+from bioengine_operator.local import procs
 
 CLONE_NEWNET = 0x40000000
 
@@ -91,7 +92,11 @@ class LoopbackNamespace:
 
     def stop(self) -> None:
         if self.holder is not None:
-            procs.stop_group(self.holder.pid)  # PID 1 inside dies: the kernel ends the rest
+            # SIGKILL at once: `unshare --fork` and the namespace's PID 1 ignore SIGTERM, and
+            # hold nothing to clean up. PID 1 inside dies: the kernel ends the rest.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.holder.pid, signal.SIGKILL)
+            procs.stop_group(self.holder.pid)
             self.holder = None
 
     def __enter__(self) -> LoopbackNamespace:
@@ -112,10 +117,14 @@ def relay(
     return _spawn(namespace, port, target_port, log), port
 
 
-def reverse_relay(namespace: LoopbackNamespace, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start a relay from ``127.0.0.1:port`` inside the namespace to the same host port, so
-    code inside reaches a host server at the address the host uses."""
-    return _spawn(namespace, port, port, log, "--reverse")
+def reverse_relay(
+    namespace: LoopbackNamespace, port: int, log: Path, listen: tuple[str, int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a relay from ``127.0.0.1:port`` inside the namespace (or from ``listen``, any
+    loopback address and port inside) to ``port`` on the host loopback, so code inside
+    reaches a host server at the address the host uses (or at a Service's address)."""
+    host, listen_port = listen or ("127.0.0.1", port)
+    return _spawn(namespace, listen_port, port, log, "--reverse", f"--listen-host={host}")
 
 
 def _spawn(
@@ -128,7 +137,7 @@ def _spawn(
         [
             sys.executable,
             "-m",
-            "bioengine_devtools.netns",
+            "bioengine_operator.local.netns",
             f"--listen-port={listen}",
             f"--netns={namespace.net_path}",
             f"--target-port={target}",
@@ -176,6 +185,7 @@ async def _serve(listener: socket.socket, target_port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="relay a host loopback port into a netns")
     parser.add_argument("--listen-port", type=int, required=True)
+    parser.add_argument("--listen-host", default="127.0.0.1", help="a loopback address")
     parser.add_argument("--netns", required=True)
     parser.add_argument("--target-port", type=int, required=True)
     parser.add_argument("--reverse", action="store_true", help="listen inside, connect out")
@@ -186,7 +196,9 @@ def main() -> None:
         _setns(args.netns)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.listen_port))
+    if not args.listen_host.startswith("127."):
+        parser.error("--listen-host must be a loopback address (127.0.0.0/8)")
+    listener.bind((args.listen_host, args.listen_port))
     listener.listen(128)
     # Upstream sockets are made after this: inside the netns (relay) or on the host (reverse).
     _setns(host if args.reverse else args.netns)

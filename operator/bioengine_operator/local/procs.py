@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -130,3 +131,39 @@ def tail(log: Path | None, lines: int = 30) -> str:
         return ""
     text = log.read_text(errors="replace").splitlines()[-lines:]
     return f"--- last {len(text)} lines of {log} ---\n" + "\n".join(text)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (every server here binds only there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (children, their children, ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of ``pids`` together (each process counted once)."""
+    total = 0
+    for pid in set(pids):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total

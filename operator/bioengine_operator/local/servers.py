@@ -1,9 +1,9 @@
-"""Real backends for the bridge tests and benchmarks: Hypha, Triton and Ray Serve.
+"""The backends as local processes: Hypha, Triton and Ray Serve (``bioengine up``, and the
+bridge tests and benchmarks).
 
-Each runs from its own virtual environment (``.venv-hypha``, ``.venv-triton``,
-``.venv-ray``, made by ``make test-backends`` from ``tools/requirements/``) because their
-pins conflict, and each is a managed process stopped by process group. Ray binds every
-interface, so it runs in a :class:`~bioengine_devtools.netns.LoopbackNamespace`
+Each runs from its own virtual environment (:mod:`bioengine_operator.local.envs`) because
+their pins conflict, and each is a managed process stopped by process group. Ray binds
+every interface, so it runs in a :class:`~bioengine_operator.local.netns.LoopbackNamespace`
 and is reached through a relay.
 """
 
@@ -22,18 +22,12 @@ from typing import Any
 
 import yaml
 
-from bioengine_devtools import netns, procs, tools
-from bioengine_devtools.cluster import free_port
+from bioengine_operator.local import netns, procs
+from bioengine_operator.local.envs import venv
+from bioengine_operator.local.procs import free_port
 
 # Hypha server settings for a server that a bridge registers with (also set by the chart).
 BRIDGE_RATE_LIMITS = {"HYPHA_WS_MSG_RATE_LIMIT": "10000", "HYPHA_WS_MSG_BURST_LIMIT": "20000"}
-
-
-def venv(name: str) -> Path:
-    path = tools.REPO_ROOT / f".venv-{name}"
-    if not (path / "bin" / "python").exists():
-        raise FileNotFoundError(f"{path} is missing: run `make test-backends`")
-    return path
 
 
 def _site_packages(env: Path) -> Path:
@@ -227,9 +221,15 @@ class RayServe:
     port: int = 0  # host port of the relay to Serve's HTTP proxy
 
     def start(
-        self, python_path: list[Path], timeout: float = 120.0, env: dict[str, str] | None = None
+        self,
+        python_path: list[Path],
+        timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+        num_cpus: int = 8,
     ) -> None:
-        """``env``: what a Ray pod's container env would add (the workers inherit it)."""
+        """``env``: what a Ray pod's container env would add (the workers inherit it).
+        ``num_cpus``: logical CPUs, more than this machine's when several apps' replicas
+        share it."""
         self.reverse: list[subprocess.Popen[bytes]] = []
         self.namespace = netns.LoopbackNamespace(self.workdir)
         self.namespace.start()
@@ -251,8 +251,7 @@ class RayServe:
                     "start",
                     "--head",
                     "--block",
-                    # Logical CPUs: several apps' replicas share this machine's two.
-                    "--num-cpus=8",
+                    f"--num-cpus={num_cpus}",
                     "--object-store-memory=200000000",
                     f"--temp-dir={self.temp}",
                     "--dashboard-host=127.0.0.1",
@@ -295,6 +294,25 @@ class RayServe:
         assert self.namespace is not None
         log = self.workdir / f"reverse-relay-{port}.log"
         self.reverse.append(netns.reverse_relay(self.namespace, port, log))
+
+    def expose(self, address: tuple[str, int], port: int, name: str) -> subprocess.Popen[bytes]:
+        """Let code inside reach host ``127.0.0.1:port`` at ``address`` (a loopback address
+        and port inside, as a Service's); the caller stops the relay it returns."""
+        assert self.namespace is not None
+        return netns.reverse_relay(
+            self.namespace, port, self.workdir / f"relay-{name}.log", listen=address
+        )
+
+    def use_hosts(self, hosts: Path) -> None:
+        """Resolve names inside from ``hosts`` (bind-mounted over /etc/hosts in the
+        namespace's own mounts; rewrite the file in place to change them)."""
+        if not self._inside(["mount", "--bind", str(hosts), "/etc/hosts"]):
+            raise RuntimeError("cannot mount a hosts file in Ray's namespace")
+
+    @property
+    def logs(self) -> Path:
+        """Ray's log folder (``serve/`` holds each replica's log)."""
+        return Path(self.temp) / "session_latest" / "logs"
 
     def serve_status(self) -> dict[str, Any]:
         """Serve's applications (status, message, deployments) from the dashboard's API."""

@@ -1,0 +1,1 @@
+"""One machine, no Kubernetes: ``bioengine up`` runs the same resources as local processes."""

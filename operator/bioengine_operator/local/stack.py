@@ -1,0 +1,475 @@
+"""The resources of ``bioengine up`` as processes on this machine, kept equal to the inputs.
+
+What runs, for resources that a cluster would run as pods:
+
+- a BioEngineApp: the Serve application the operator's builder writes into
+  ``RayService.serveConfigV2``, deployed to one local Ray (in a loopback-only network
+  namespace). Its code and the BioEngine runtime travel as the application's
+  ``working_dir`` zip, named after their hash: changed code is a new zip, so Serve
+  redeploys that app and leaves the others alone.
+- a ModelRunner: a ``tritonserver`` (nvidia-pytriton's, python backend) over the model
+  repository. Inside Ray's namespace the runner's Service names
+  (``<runner>``, ``<runner>.<namespace>.svc``, ...) resolve to a loopback address of its
+  own where its gRPC and HTTP ports are relayed, so an app's ``triton_url`` is the same as
+  in the cluster.
+- a BioEngineDataset: the dataset server over the local folder; the folder is what an app
+  that lists the dataset finds under ``BIOENGINE_DATA_DIR``.
+
+The bridge registers each resource in Hypha once it serves, as in the cluster.
+``apply`` is level-triggered: each resource's digest (spec and files) says whether it
+changed, and only what changed is restarted or redeployed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bioengine_operator.api.app import BioEngineAppSpec
+from bioengine_operator.api.base import default_service_id
+from bioengine_operator.api.dataset import BioEngineDatasetSpec
+from bioengine_operator.bridge import hypha
+from bioengine_operator.builders import dataset as dataset_builder
+from bioengine_operator.builders import meta, rayservice, triton
+from bioengine_operator.controllers.app import serve_condition
+from bioengine_operator.dataserver import tokens
+from bioengine_operator.local import envs, procs, servers
+from bioengine_operator.local.bridge import LocalBridge
+from bioengine_operator.local.resources import Resource
+
+BRIDGE_USER = "bioengine-bridge"
+SERVER_ID = "bioengine-local"
+Key = tuple[str, str, str]
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """A Hypha server of someone else's: the bridge registers there with this token."""
+
+    server_url: str
+    workspace: str
+    token: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass
+class Running:
+    """What runs for one resource, and how it is doing."""
+
+    resource: Resource
+    digest: str
+    state: str = "Starting"  # Starting, Ready, Failed, Unavailable
+    message: str = ""
+    endpoint: Any = None  # for the bridge: a URL, or blue/green gRPC targets
+    processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+    log: Path | None = None
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            procs.stop_group(proc.pid)
+        self.processes = []
+
+
+class LocalStack:
+    def __init__(
+        self,
+        state_dir: Path,
+        progress: Progress,
+        remote: Remote | None = None,
+    ) -> None:
+        self.state = state_dir
+        self.logs = state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.progress, self.remote = progress, remote
+        self.running: dict[Key, Running] = {}
+        self.hypha: servers.HyphaServer | None = None
+        self.ray: servers.RayServe | None = None
+        self.bridge: LocalBridge | None = None
+        self.addresses: dict[Key, str] = {}  # a runner's loopback address inside Ray's namespace
+        self.deployed_apps: dict[str, dict[str, Any]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def server_url(self) -> str:
+        if self.remote is not None:
+            return self.remote.server_url
+        assert self.hypha is not None
+        return self.hypha.url
+
+    @property
+    def workspace(self) -> str:
+        return self.remote.workspace if self.remote else f"ws-user-{BRIDGE_USER}"
+
+    def start(self) -> None:
+        """Hypha (embedded unless remote) and the bridge."""
+        key = tokens.generate_private_key()
+        (self.state / dataset_builder.PUBLIC_KEY_FILE).write_text(tokens.public_key_pem(key))
+        if self.remote is not None:
+            token = self.remote.token
+        else:
+            envs.ensure("hypha", log=self.progress)
+            self.progress("starting Hypha (embedded, 127.0.0.1)")
+            self.hypha = servers.HyphaServer(
+                self.logs,
+                _secret(self.state / "hypha-jwt-secret"),
+                secrets.token_urlsafe(48),
+                server_id=SERVER_ID,
+            )
+            self.hypha.start()
+            token = self.hypha.token(BRIDGE_USER, f"{BRIDGE_USER}@example.org")
+        self.progress(f"connecting the bridge to {self.server_url}, workspace {self.workspace}")
+        settings = hypha.Settings(self.server_url, self.workspace, token, "bioengine-local-bridge")
+        self.bridge = LocalBridge(settings, key)
+
+    def stop(self) -> None:
+        """Unregister, then stop every process this stack started."""
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.bridge = None
+        for running in self.running.values():
+            running.stop()
+        self.running = {}
+        if self.ray is not None:
+            self.ray.stop()
+            self.ray = None
+        if self.hypha is not None:
+            self.hypha.stop()
+            self.hypha = None
+
+    def user_token(self, user: str) -> str:
+        """A token for ``user`` (an id or an email) on the embedded Hypha, as a reader of the
+        workspace the services are in."""
+        if self.hypha is None:
+            raise RuntimeError("tokens are minted only by the embedded Hypha")
+        email = user if "@" in user else f"{user}@example.org"
+        return self.hypha.token(user, email, self.workspace, "read")
+
+    # -- reconciling ----------------------------------------------------------------------
+
+    def apply(self, resources: list[Resource], timeout: float = 900) -> None:
+        """Start what is new, restart what changed (datasets, then runners, then apps: an
+        app may need both), and wait until each serves or has failed."""
+        order = {"BioEngineDataset": 0, "ModelRunner": 1, "BioEngineApp": 2}
+        changed_apps = False
+        for resource in sorted(resources, key=lambda r: order[r.kind]):
+            current = self.running.get(resource.key)
+            if current is not None and current.digest == resource.digest():
+                continue
+            if current is not None:
+                self.progress(f"{resource.kind} {resource.name} changed: updating it")
+                current.stop()
+            running = Running(resource, resource.digest())
+            self.running[resource.key] = running
+            if resource.kind == "BioEngineDataset":
+                self._start_dataset(running)
+            elif resource.kind == "ModelRunner":
+                self._start_runner(running)
+            else:
+                changed_apps = True
+            self._publish(running)
+        if changed_apps:
+            self._deploy_apps()
+        self._wait(timeout)
+
+    def _publish(self, running: Running) -> None:
+        """Tell the bridge the resource's state, as its status would in the cluster."""
+        if self.bridge is None:
+            return
+        resource = running.resource
+        ready = running.state == "Ready"
+        status: dict[str, Any] = {"revision": running.digest}
+        if resource.kind == "BioEngineApp":
+            status["phase"] = running.state
+        elif resource.kind == "ModelRunner":
+            status["blue"] = {"readyReplicas": int(ready)}
+        else:
+            status["readyReplicas"] = int(ready)
+        body = {
+            **resource.body,
+            "metadata": {**resource.body["metadata"], "uid": f"local-{running.digest}"},
+            "status": status,
+        }
+        self.bridge.observe(body, running.endpoint)
+
+    def _wait(self, timeout: float) -> None:
+        """Until every resource serves or has failed, and what serves is registered."""
+        deadline = time.monotonic() + timeout
+        said = 0.0
+        while time.monotonic() < deadline:
+            self._sync_apps()
+            pending = [r for r in self.running.values() if r.state == "Starting"]
+            registered = self.bridge.registered() if self.bridge else {}
+            unregistered = [
+                r for k, r in self.running.items() if r.state == "Ready" and k not in registered
+            ]
+            if not pending and not unregistered:
+                return
+            if time.monotonic() - said > 10:
+                waiting = [f"{r.resource.name} ({r.message or r.state})" for r in pending]
+                waiting += [f"{r.resource.name} (registering in Hypha)" for r in unregistered]
+                self.progress("waiting for " + ", ".join(waiting))
+                said = time.monotonic()
+            time.sleep(0.5)
+        self.progress(f"gave up waiting after {timeout:.0f}s; see `bioengine status`")
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def _start_dataset(self, running: Running) -> None:
+        resource = running.resource
+        spec = BioEngineDatasetSpec.model_validate(resource.spec)
+        owner = meta.Owner(resource.kind, resource.name, resource.namespace, "local")
+        folder = self.state / "datasets" / resource.name
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = folder / dataset_builder.MANIFEST_FILE
+        manifest.write_text(json.dumps(dataset_builder.manifest_document(owner, spec)))
+        port = procs.free_port()
+        running.log = self.logs / f"dataset-{resource.name}.log"
+        self.progress(f"starting the dataset server of {resource.name} over {resource.folder}")
+        proc = procs.spawn(
+            [
+                sys.executable,
+                "-m",
+                "bioengine_operator.dataserver",
+                f"--root={resource.folder}",
+                f"--manifest={manifest}",
+                f"--token-public-key-file={self.state / dataset_builder.PUBLIC_KEY_FILE}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ],
+            running.log,
+        )
+        running.processes.append(proc)
+        running.endpoint = f"http://127.0.0.1:{port}"
+        self._until_ready(running, f"{running.endpoint}/healthz", proc)
+
+    def _until_ready(self, running: Running, url: str, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            procs.wait_for(lambda: _ok(url), running.resource.name, 60, proc=proc, log=running.log)
+        except (RuntimeError, TimeoutError) as err:
+            running.state, running.message = "Failed", str(err).splitlines()[0]
+            running.stop()
+            return
+        running.state, running.message = "Ready", ""
+
+    # -- model runners --------------------------------------------------------------------
+
+    def _start_runner(self, running: Running) -> None:
+        resource = running.resource
+        running.log = self.logs / f"runner-{resource.name}.log"
+        try:
+            envs.ensure("triton", log=self.progress)
+        except RuntimeError as err:
+            running.state = "Unavailable"
+            running.message = f"no tritonserver on this machine (nvidia-pytriton): {err}"
+            return
+        models = list(resource.spec.get("models") or [])
+        if resource.folder is not None:
+            repository = resource.folder
+        else:
+            repository = self.state / "models" / resource.name
+            shutil.rmtree(repository, ignore_errors=True)
+            files = {k: v.decode() for k, v in resource.files.items()}
+            written = servers.write_model_repository(files, repository)
+            models = models or written
+        self.progress(f"starting tritonserver for {resource.name} (models: {', '.join(models)})")
+        server = servers.TritonServer(self.logs, repository, models, name=f"runner-{resource.name}")
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError) as err:
+            running.state, running.message = "Failed", str(err).splitlines()[0]
+            server.stop()
+            return
+        assert server.proc is not None
+        running.processes.append(server.proc)
+        running.endpoint = {"blue": server.grpc, "green": server.grpc}
+        running.state = "Ready"
+        if self.ray is not None:
+            self._expose_runner(running)
+
+    def _expose_runner(self, running: Running) -> None:
+        """Relay the runner's ports to its own loopback address inside Ray's namespace,
+        under its Service's names."""
+        assert self.ray is not None
+        if running.state != "Ready":
+            return
+        key = running.resource.key
+        address = self.addresses.setdefault(key, f"127.0.1.{len(self.addresses) + 1}")
+        grpc = int(running.endpoint["blue"].rsplit(":", 1)[1])
+        name = running.resource.name
+        running.processes.append(self.ray.expose((address, triton.GRPC_PORT), grpc, f"{name}-grpc"))
+        self._write_hosts()
+
+    def _write_hosts(self) -> None:
+        lines = ["127.0.0.1 localhost"]
+        for (_, namespace, name), address in sorted(self.addresses.items()):
+            service = f"{name}.{namespace}.svc"
+            lines.append(f"{address} {name} {name}.{namespace} {service} {service}.cluster.local")
+        hosts = self.state / "hosts"
+        with hosts.open("w") as out:  # in place: the bind mount follows the inode
+            out.write("\n".join(lines) + "\n")
+
+    # -- apps -----------------------------------------------------------------------------
+
+    def _start_ray(self) -> servers.RayServe:
+        envs.ensure("ray", log=self.progress)
+        self.progress("starting Ray (in a loopback-only network namespace)")
+        ray = servers.RayServe(self.state / "ray")
+        ray.workdir.mkdir(parents=True, exist_ok=True)
+        ray.start([], timeout=180)
+        self.ray = ray
+        self._write_hosts()
+        ray.use_hosts(self.state / "hosts")
+        for running in self.running.values():
+            if running.resource.kind == "ModelRunner":
+                self._expose_runner(running)
+        return ray
+
+    def _application(self, running: Running) -> dict[str, Any]:
+        """The builder's Serve application, with the app's code as its working_dir zip and
+        its datasets' folders under its own BIOENGINE_DATA_DIR."""
+        resource = running.resource
+        spec = BioEngineAppSpec.model_validate(resource.spec)
+        owner = meta.Owner(resource.kind, resource.name, resource.namespace, "local")
+        mounts = self.state / "mounts" / resource.name
+        shutil.rmtree(mounts, ignore_errors=True)
+        mounts.mkdir(parents=True)
+        datasets = []
+        for name in spec.datasets:
+            folder = self.running[("BioEngineDataset", resource.namespace, name)]
+            assert folder.resource.folder is not None
+            (mounts / name).symlink_to(folder.resource.folder)
+            volume = {"hostPath": {"path": str(folder.resource.folder)}}
+            datasets.append(rayservice.MountedDataset(name, str(folder.endpoint), volume))
+        inputs = rayservice.Inputs(datasets=tuple(datasets))
+        application = dict(rayservice.serve_config(owner, spec, inputs)["applications"][0])
+        application["args"]["envVars"]["BIOENGINE_DATA_DIR"] = str(mounts)
+        files = {
+            **{k: v.encode() for k, v in rayservice.RUNTIME_FILES.items()},
+            **resource.files,
+        }
+        zipped = self.state / "apps" / f"{resource.name}-{running.digest}.zip"
+        zipped.parent.mkdir(exist_ok=True)
+        zipped.write_bytes(_zip(files))
+        application["runtime_env"] = {"working_dir": f"file://{zipped}"}
+        return application
+
+    def _deploy_apps(self) -> None:
+        apps = [r for r in self.running.values() if r.resource.kind == "BioEngineApp"]
+        try:
+            ray = self.ray or self._start_ray()
+        except (RuntimeError, TimeoutError) as err:
+            # Ray is never run on every interface instead of in its namespace.
+            for running in apps:
+                running.state = "Failed"
+                running.message = (
+                    f"Ray did not start: {str(err).splitlines()[0]} (Ray runs in a "
+                    "loopback-only network namespace: `unshare --net` as root, or with user "
+                    "namespaces)"
+                )
+                self._publish(running)
+            return
+        applications = []
+        for running in apps:
+            applications.append(self._application(running))
+            running.endpoint = f"http://127.0.0.1:{ray.port}/{running.resource.name}"
+            running.log = ray.logs / "serve"
+        self.progress(f"deploying {len(applications)} app(s) to Ray Serve")
+        ray.deploy({"applications": applications})
+        self.deployed_apps = {a["name"]: a for a in applications}
+
+    def _sync_apps(self) -> None:
+        """Each app's state from Serve's status, as the operator reads it from KubeRay."""
+        if self.ray is None:
+            return
+        statuses = self.ray.serve_status()
+        for running in self.running.values():
+            if running.resource.kind == "BioEngineApp":
+                self._sync_app(running, statuses.get(running.resource.name) or {})
+
+    def _sync_app(self, running: Running, found: dict[str, Any]) -> None:
+        wanted = self.deployed_apps[running.resource.name]["runtime_env"]
+        if (found.get("deployed_app_config") or {}).get("runtime_env") != wanted:
+            found = {}  # Serve has not taken this version yet: what it says is about another
+        app = {
+            "status": found.get("status", ""),
+            "message": found.get("message", ""),
+            "serveDeploymentStatuses": {
+                name: {"status": d.get("status"), "message": d.get("message", "")}
+                for name, d in (found.get("deployments") or {}).items()
+            },
+        }
+        healthy, reason, message = serve_condition(app if found else None)
+        if healthy is True:
+            new = ("Ready", "")
+        elif healthy is False:  # failed to deploy, or deployed and failing health checks
+            state = "Degraded" if app["status"] == "UNHEALTHY" else "Failed"
+            new = (state, f"{reason}: {message}")
+        else:
+            new = ("Starting", message or reason)
+        if new == (running.state, running.message):
+            return
+        running.state, running.message = new
+        if running.state == "Ready" and self.bridge is not None:
+            # New code may bring new methods: register afresh rather than keep the old list.
+            self.bridge.forget(running.resource.key)
+        self._publish(running)
+
+    # -- reports --------------------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per resource: what it is, its state, its Hypha service and page."""
+        registered = self.bridge.registered() if self.bridge else {}
+        rows = []
+        for key, running in sorted(self.running.items()):
+            body = running.resource.body
+            ids = registered.get(key, [])
+            service_id = default_service_id(body)
+            page = ""
+            if f"{service_id}-ui" in [i.rsplit(":", 1)[-1] for i in ids]:
+                page = f"{self.server_url}/{self.workspace}/apps/{service_id}-ui/"
+            rows.append(
+                {
+                    "kind": running.resource.kind,
+                    "name": running.resource.name,
+                    "state": running.state,
+                    "service": f"{self.workspace}/{service_id}" if ids else "",
+                    "page": page,
+                    "message": running.message,
+                    "log": str(running.log or ""),
+                }
+            )
+        return rows
+
+
+def _ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def _secret(path: Path) -> str:
+    """A secret kept in the state folder, so tokens outlive a restart of the stack."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    """A working_dir zip: one top folder (Ray strips it), fixed timestamps, sorted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, content in sorted(files.items()):
+            archive.writestr(zipfile.ZipInfo(f"app/{path}", (2020, 1, 1, 0, 0, 0)), content)
+    return buffer.getvalue()

@@ -1,0 +1,353 @@
+"""``bioengine up``: the examples and apps/ on this machine, without Kubernetes.
+
+Everything is real: the ``bioengine`` command as a user runs it, a real Hypha (embedded, or
+a remote one given by URL and token), real Ray Serve (in a loopback-only network
+namespace) running the apps' unmodified folders, a real tritonserver and the dataset
+server, all called through Hypha by ``examples/client.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from hypha_rpc import connect_to_server
+
+from bioengine_devtools import tools
+from bioengine_operator.local import procs, servers, supervisor
+
+REPO = tools.REPO_ROOT
+BIOENGINE = [sys.executable, "-m", "bioengine_operator.user_cli"]
+EXAMPLE_APPS = [REPO / "apps" / "nucleus-segmentation", REPO / "apps" / "probability-segmentation"]
+
+
+def _module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+client = _module("bioengine_example_client", REPO / "examples" / "client.py")
+sample_data = sys.modules["sample_data"]
+
+
+def bioengine(
+    *args: str, state: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BIOENGINE, *args, f"--state-dir={state}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def up_args(data: Path, *paths: Path) -> list[str]:
+    return ["up", f"--envs-dir={REPO}", f"--volume=cell-images={data}", *map(str, paths)]
+
+
+def status(state: Path) -> dict[str, Any]:
+    answer = bioengine("status", "--json", state=state)
+    assert answer.returncode == 0, answer.stderr
+    return dict(json.loads(answer.stdout))
+
+
+def rows(state: Path) -> dict[str, dict[str, str]]:
+    return {row["name"]: row for row in status(state)["rows"]}
+
+
+def user_env(state: Path, user: str) -> dict[str, str]:
+    answer = bioengine("env", f"--user={user}", state=state)
+    assert answer.returncode == 0, answer.stderr
+    lines = [line.removeprefix("export ").split("=", 1) for line in answer.stdout.splitlines()]
+    return dict(lines)
+
+
+def stopped(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still alive (empty when all are gone)."""
+    return [pid for pid in pids if procs.alive(pid)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cell-images")
+    sample_data.write(folder)
+    return folder
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+BAD_INPUTS = {
+    "unknown kind": (
+        "kind.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        "kind: 'Deployment' cannot run here",
+    ),
+    "schema violation": (
+        "runner.yaml",
+        "apiVersion: bioengine.bioimage.io/v1alpha1\nkind: ModelRunner\n"
+        "metadata: {name: r}\nspec:\n  modelRepository: {configMap: {name: m}}\n"
+        "  models: [a]\n  replicas: lots\n",
+        "ModelRunner r: spec.replicas:",
+    ),
+    "invalid manifest": (
+        "app/manifest.yaml",
+        "name: Old\nid: old\ndescription: d\ntype: ray-serve\nformat_version: 0.5.0\n"
+        "entry: main:App\n",
+        "manifest.yaml: format_version",
+    ),
+    "missing reference": (
+        "runner.yaml",
+        "apiVersion: bioengine.bioimage.io/v1alpha1\nkind: ModelRunner\n"
+        "metadata: {name: r}\nspec:\n  modelRepository: {configMap: {name: nowhere}}\n"
+        "  models: [a]\n",
+        "spec.modelRepository.configMap: ConfigMap nowhere is not among the inputs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_naming_the_file_and_field_and_starts_nothing(
+    case: str, tmp_path: Path
+) -> None:
+    relative, text, expected = BAD_INPUTS[case]
+    bad = tmp_path / "inputs" / relative
+    bad.parent.mkdir(parents=True)
+    bad.write_text(text)
+    if relative.endswith("manifest.yaml"):
+        (bad.parent / "main.py").write_text("class App: ...\n")
+    state = tmp_path / "state"
+    # With a good input beside it: one bad file stops the whole command.
+    answer = bioengine(
+        *up_args(
+            tmp_path,
+            REPO / "examples" / "modelrunner.yaml",
+            bad.parent if relative.endswith("manifest.yaml") else bad,
+        ),
+        state=state,
+    )
+    assert answer.returncode == 2, answer.stderr
+    assert str(bad) in answer.stderr and expected in answer.stderr, answer.stderr
+    assert not state.exists()  # no state folder: no supervisor, no process was started
+
+
+# -- a remote Hypha, and Ctrl-C ----------------------------------------------------------
+
+
+def test_remote_hypha_serves_the_same_and_ctrl_c_leaves_no_process(
+    tmp_path: Path, data: Path
+) -> None:
+    """A Hypha server of someone else's, given by URL and token: the services appear there
+    and answer as with the embedded one. Then Ctrl-C (SIGINT to the foreground command's
+    process group) stops everything: every process that ran is gone."""
+    hypha = servers.HyphaServer(tmp_path, secrets.token_urlsafe(32), secrets.token_urlsafe(48))
+    hypha.start()
+    try:
+        workspace = "ws-user-lab-bridge"
+        token_file = tmp_path / "token"
+        token_file.write_text(hypha.token("lab-bridge", "bridge@example.org"))
+        state = tmp_path / "state"
+        log = tmp_path / "up.log"
+        up = procs.spawn(
+            [
+                *BIOENGINE,
+                *up_args(data, REPO / "examples"),
+                f"--server-url={hypha.url}",
+                f"--workspace={workspace}",
+                f"--token-file={token_file}",
+                f"--state-dir={state}",
+            ],
+            log,
+            cwd=REPO,
+        )
+        try:
+            procs.wait_for(
+                lambda: "running: Ctrl-C" in log.read_text(), "up", 600, proc=up, log=log
+            )
+            assert {r["state"] for r in rows(state).values()} == {"Ready"}
+            alice = hypha.token("alice", "alice@example.org", workspace, "read")
+            found = asyncio.run(_calls_through(hypha.url, workspace, alice))
+            assert found["tiles"]["shape"] == [512, 512]
+            assert {e["name"] for e in found["files"]} == {"README.txt", "hela.zarr"}
+            np.testing.assert_allclose(found["output"], 1 / (1 + np.exp(-found["input"])))
+            pids = [up.pid, *procs.descendants(up.pid)]
+            assert len(pids) > 10  # supervisor, tritonserver, dataset server, Ray's many
+        finally:
+            os.killpg(up.pid, signal.SIGINT)
+            up.wait(timeout=180)
+        assert stopped(pids) == []
+        assert supervisor.running_pid(state) is None
+    finally:
+        procs.stop_group(up.pid)
+        hypha.stop()
+
+
+async def _calls_through(url: str, workspace: str, token: str) -> dict[str, Any]:
+    server = await connect_to_server({"server_url": url, "workspace": workspace, "token": token})
+    try:
+        tiles = await server.get_service(f"{workspace}/zarr-tile-stats")
+        dataset = await server.get_service(f"{workspace}/cell-images")
+        runner = await server.get_service(f"{workspace}/unet-runner")
+        probe = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+        return {
+            "tiles": await tiles.tile_stats(array_path="hela.zarr", tile_size=256),
+            "files": await dataset.list_files(path=""),
+            "input": probe,
+            "output": (await runner.infer(model="unet2d", inputs={"input0": probe}))["output0"],
+        }
+    finally:
+        await server.disconnect()
+
+
+# -- the demo's stack: the examples and apps/, embedded Hypha --------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Path]:
+    state = tmp_path_factory.mktemp("state")
+    answer = bioengine(*up_args(data, REPO / "examples", *EXAMPLE_APPS), "--detach", state=state)
+    pid = supervisor.running_pid(state)
+    try:
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        yield state
+    finally:
+        pids = [pid, *procs.descendants(pid)] if pid else []
+        assert bioengine("down", state=state).returncode == 0
+        assert stopped(pids) == []
+
+
+def test_the_example_client_gets_correct_answers_from_every_service(stack: Path) -> None:
+    """What ``make demo`` prints, checked: the nuclei match the pipeline run in-process, the
+    runner's output is the model's formula, the tiles are the array's statistics."""
+    env = user_env(stack, "alice@example.org")
+    found = asyncio.run(
+        client.run(env["HYPHA_SERVER_URL"], env["HYPHA_WORKSPACE"], env["HYPHA_TOKEN"])
+    )
+    nuclei = _module("nuclei", REPO / "apps" / "nucleus-segmentation" / "nuclei.py")
+    image = sample_data.nuclei_image()
+    labels, regions = nuclei.segment_nuclei(image, sigma=2.0, min_distance=5)
+    np.testing.assert_array_equal(found["nucleus-segmentation"]["labels"], labels)
+    assert found["nucleus-segmentation"]["count"] == len(regions) == len(sample_data.CENTERS)
+    runner = found["unet-runner"]
+    np.testing.assert_allclose(runner["output"], 1 / (1 + np.exp(-runner["input"])), rtol=1e-6)
+    composed = found["probability-segmentation"]
+    np.testing.assert_allclose(composed["probability"], 1 / (1 + np.exp(-image)), rtol=1e-6)
+    assert composed["count"] == len(sample_data.CENTERS)
+    tiles = found["zarr-tile-stats"]
+    assert len(tiles["tiles"]) == 16
+    corner = image[:128, :128].astype(np.float64)
+    assert tiles["tiles"][0]["mean"] == pytest.approx(corner.mean())
+    assert {e["name"] for e in found["cell-images"]} == {"README.txt", "hela.zarr"}
+    assert set(found["services"]) >= {
+        "nucleus-segmentation",
+        "probability-segmentation",
+        "zarr-tile-stats",
+        "zarr-tile-stats-ui",
+        "unet-runner",
+        "cell-images",
+        "cell-images-files",
+    }
+    printed = client.report(found)
+    assert f"{len(sample_data.CENTERS)} nuclei in the 512x512 sample" in printed
+
+
+def test_status_shows_services_and_pages_and_logs_show_each_backend(stack: Path) -> None:
+    found = rows(stack)
+    workspace = status(stack)["workspace"]
+    assert {name: row["state"] for name, row in found.items()} == {
+        "nucleus-segmentation": "Ready",
+        "probability-segmentation": "Ready",
+        "zarr-tile-stats": "Ready",
+        "unet-runner": "Ready",
+        "cell-images": "Ready",
+    }
+    assert found["unet-runner"]["service"] == f"{workspace}/unet-runner"
+    assert found["zarr-tile-stats"]["page"].endswith(f"/{workspace}/apps/zarr-tile-stats-ui/")
+    assert status(stack)["memory"] > 0
+    runner_log = bioengine("logs", "unet-runner", state=stack)
+    assert "unet2d" in runner_log.stdout, runner_log.stdout + runner_log.stderr
+    app_log = bioengine("logs", "nucleus-segmentation", state=stack)
+    assert "replica_nucleus-segmentation_" in app_log.stdout, app_log.stderr
+    unknown = bioengine("logs", "nothing-here", state=stack)
+    assert unknown.returncode == 2 and "nothing-here" in unknown.stderr
+
+
+def test_an_edited_app_is_redeployed_alone(stack: Path, tmp_path: Path) -> None:
+    """``up`` again with an app's code changed: that app serves the new code; another app's
+    replica keeps running (its call counter survives)."""
+    env = user_env(stack, "alice@example.org")
+
+    async def calls() -> int:
+        return int((await _call(env, "nucleus-segmentation", "stats"))["calls"])
+
+    asyncio.run(_call(env, "nucleus-segmentation", "segment", image=sample_data.nuclei_image()))
+    before = asyncio.run(calls())
+    assert before >= 1
+    edited = tmp_path / "probability-segmentation"
+    shutil.copytree(REPO / "apps" / "probability-segmentation", edited)
+    entry = edited / "probability_entry.py"
+    entry.write_text(
+        entry.read_text().replace(
+            "        return await self.model.describe()",
+            '        return {**(await self.model.describe()), "edited": True}',
+        )
+    )
+    answer = bioengine(*up_args(stack, edited), state=stack)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert "probability-segmentation changed" in answer.stdout
+    assert asyncio.run(_call(env, "probability-segmentation", "model_info"))["edited"] is True
+    assert asyncio.run(calls()) == before
+
+
+def test_a_failing_app_is_failed_with_its_error_and_the_others_keep_serving(
+    stack: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-app"
+    broken.mkdir()
+    (broken / "manifest.yaml").write_text(
+        "name: Broken\nid: broken-app\ndescription: imports what is not there\n"
+        "type: ray-serve\nformat_version: 0.6.0\nentry: broken:Broken\n"
+    )
+    (broken / "broken.py").write_text("import bioengine_no_such_module  # noqa\n")
+    answer = bioengine(*up_args(stack, broken), state=stack)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    found = rows(stack)
+    assert found["broken-app"]["state"] == "Failed"
+    assert "bioengine_no_such_module" in found["broken-app"]["message"]
+    assert "bioengine_no_such_module" in answer.stdout  # the summary says why
+    assert found["nucleus-segmentation"]["state"] == "Ready"
+    env = user_env(stack, "alice@example.org")
+    image = sample_data.nuclei_image()
+    result = asyncio.run(_call(env, "nucleus-segmentation", "segment", image=image))
+    assert result["count"] == len(sample_data.CENTERS)
+
+
+async def _call(env: dict[str, str], service: str, method: str, **kwargs: Any) -> Any:
+    workspace = env["HYPHA_WORKSPACE"]
+    server = await connect_to_server(
+        {"server_url": env["HYPHA_SERVER_URL"], "workspace": workspace, "token": env["HYPHA_TOKEN"]}
+    )
+    try:
+        found = await server.get_service(f"{workspace}/{service}")
+        return await getattr(found, method)(**kwargs)
+    finally:
+        await server.disconnect()
