@@ -39,7 +39,8 @@ async def run(server_url: str, workspace: str, token: str) -> dict[str, Any]:
     )
     try:
         services = await server.list_services(workspace)
-        found: dict[str, Any] = {"services": sorted(s["id"].split(":")[-1] for s in services)}
+        ids = {s["id"].split(":")[-1] for s in services} - {"built-in"}  # a client's own
+        found: dict[str, Any] = {"services": sorted(ids)}
 
         async def service(name: str) -> Any:
             return await server.get_service(f"{workspace}/{name}")
