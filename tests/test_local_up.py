@@ -150,6 +150,24 @@ def test_bad_input_exits_2_naming_the_file_and_field_and_starts_nothing(
     assert not state.exists()  # no state folder: no supervisor, no process was started
 
 
+def test_a_name_defined_twice_or_a_claim_without_a_folder_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    twice = bioengine(
+        *up_args(tmp_path, REPO / "examples", REPO / "apps" / "zarr-tile-stats"), state=state
+    )
+    assert twice.returncode == 2
+    # The app's code ConfigMap comes first: the same app from its folder and its rendering.
+    assert "ConfigMap zarr-tile-stats-code is also defined in" in twice.stderr, twice.stderr
+    assert "examples/bioengineapp.yaml" in twice.stderr
+    no_volume = bioengine("up", str(REPO / "examples"), state=state)
+    assert no_volume.returncode == 2
+    assert "bioenginedataset.yaml: BioEngineDataset cell-images: spec.source.pvc" in (
+        no_volume.stderr
+    )
+    assert "--volume cell-images=PATH" in no_volume.stderr
+    assert not state.exists()
+
+
 # -- a remote Hypha, and Ctrl-C ----------------------------------------------------------
 
 

@@ -135,8 +135,8 @@ def write_model_repository(files: dict[str, str], destination: Path) -> list[str
     """Lay out a ModelRunner ConfigMap (``a__b`` keys for ``a/b``) as a Triton repository.
 
     The python-backend stub shipped with nvidia-pytriton does not see the venv's packages
-    (NumPy), so each ``model.py`` gets that site-packages prepended to ``sys.path``: a
-    concession to this test environment, not something a Triton image needs.
+    (NumPy), so each ``model.py`` gets that site-packages prepended to ``sys.path``: needed
+    for nvidia-pytriton's server (tests, ``bioengine up``), not in a Triton image.
     """
     site = _site_packages(venv("triton"))
     models = set()
