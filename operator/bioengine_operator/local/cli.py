@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,9 @@ def up(args: argparse.Namespace) -> int:
         if not token:
             raise UsageError("--server-url needs a token: --token-file, or HYPHA_TOKEN")
     args.state_dir.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C stops the stack even where this command was started with SIGINT ignored (as
+    # a shell without job control starts background commands).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     owner = None
     if supervisor.running_pid(args.state_dir) is None:
         owner = _start_supervisor(args, token)
