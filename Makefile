@@ -63,7 +63,7 @@ cluster-down: venv
 demo: venv
 	$(PY) examples/sample_data.py $(DEMO)/cell-images
 	@$(BIOENGINE) down --state-dir $(DEMO)/state >/dev/null  # what an interrupted demo left
-	@trap '$(BIOENGINE) down --state-dir $(DEMO)/state' EXIT; \
+	@trap '$(BIOENGINE) down --state-dir $(DEMO)/state' EXIT; trap 'exit 130' INT TERM; \
 	$(BIOENGINE) up --detach --state-dir $(DEMO)/state --envs-dir . \
 		--volume cell-images=$(DEMO)/cell-images \
 		examples apps/nucleus-segmentation apps/probability-segmentation && \

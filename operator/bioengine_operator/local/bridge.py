@@ -35,7 +35,8 @@ class LocalBridge:
             Limits(),
             signing_key,
             resync_seconds=1.0,
-            existing=lambda keys: set(keys) & set(self.registry.bodies),
+            # Nothing goes away behind its back: the stack forgets resources itself.
+            existing=set,
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="bridge", daemon=True)
         self.thread.start()

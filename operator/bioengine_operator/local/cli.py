@@ -105,23 +105,36 @@ def up(args: argparse.Namespace) -> int:
     paths = [p.resolve() for p in args.paths]
     resources.load(paths, volumes)  # every input checked before anything starts
     token = ""
+    if args.workspace and not args.server_url:
+        raise UsageError("--workspace is for a remote Hypha: give --server-url too")
     if args.server_url:
         if not args.workspace:
             raise UsageError("--server-url needs --workspace")
-        token = (
-            args.token_file.read_text().strip()
-            if args.token_file
-            else os.environ.get("HYPHA_TOKEN", "")
-        )
+        try:
+            token = (
+                args.token_file.read_text().strip()
+                if args.token_file
+                else os.environ.get("HYPHA_TOKEN", "")
+            )
+        except OSError as err:
+            raise UsageError(f"--token-file: {err}") from None
         if not token:
             raise UsageError("--server-url needs a token: --token-file, or HYPHA_TOKEN")
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only: its socket runs code and mints tokens; its logs are the stack's.
+    args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    args.state_dir.chmod(0o700)
     # Ctrl-C stops the stack even where this command was started with SIGINT ignored (as
     # a shell without job control starts background commands).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     owner = None
     if supervisor.running_pid(args.state_dir) is None:
         owner = _start_supervisor(args, token)
+    elif args.server_url or args.envs_dir:
+        print(
+            "bioengine up: a stack runs already: --server-url, --workspace, --token-file and "
+            "--envs-dir keep their values (bioengine down, then up, to change them)",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     message = {
         "verb": "up",
@@ -139,9 +152,11 @@ def up(args: argparse.Namespace) -> int:
         print("running: Ctrl-C here, or `bioengine down`, stops everything", flush=True)
         owner.wait()
     except KeyboardInterrupt:
+        if owner is None:  # the stack is another command's: it carries on
+            print("\ninterrupted; the stack keeps running (bioengine down stops it)")
+            return 130
         print("\nstopping everything...", file=sys.stderr, flush=True)
-        if owner is not None:
-            procs.stop_group(owner.pid, timeout=120)
+        procs.stop_group(owner.pid, timeout=120)
     return 0
 
 

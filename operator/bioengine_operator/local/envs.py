@@ -26,7 +26,8 @@ ENVS_DIR = "BIOENGINE_ENVS_DIR"
 
 
 def default_root() -> Path:
-    return Path(os.environ.get(ENVS_DIR) or Path.home() / ".cache" / "bioengine" / "envs")
+    # Absolute: programs entering Ray's namespace (nsenter) start in another folder.
+    return Path(os.environ.get(ENVS_DIR) or Path.home() / ".cache" / "bioengine" / "envs").resolve()
 
 
 def requirements(name: str) -> str:

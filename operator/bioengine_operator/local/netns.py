@@ -54,6 +54,8 @@ class LoopbackNamespace:
                 "ip link set lo up && exec sleep infinity",
             ],
             self.workdir / "netns.log",
+            # unshare --fork ignores SIGTERM: were the owner to crash, all of Ray would stay.
+            death_signal=signal.SIGKILL,
         )
         children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
 
@@ -146,7 +148,11 @@ def _spawn(
         ],
         log,
     )
-    procs.wait_for(ready.exists, "relay", 15, proc=proc, log=log)
+    try:
+        procs.wait_for(ready.exists, "relay", 15, proc=proc, log=log)
+    except BaseException:
+        procs.stop_group(proc.pid)
+        raise
     return proc
 
 

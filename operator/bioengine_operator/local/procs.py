@@ -19,11 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Looked up once here: between fork and exec the child only calls it (no dlopen there).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def spawn(
@@ -33,8 +30,15 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     tie_to_parent: bool = True,
+    death_signal: signal.Signals = signal.SIGTERM,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new process group, appending stdout and stderr to ``log``."""
+    """Start ``argv`` in a new process group, appending stdout and stderr to ``log``; tied
+    to its parent, it gets ``death_signal`` when the parent dies (SIGKILL for programs that
+    ignore SIGTERM)."""
+
+    def die_with_parent() -> None:
+        _prctl(_PR_SET_PDEATHSIG, death_signal)
+
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -45,7 +49,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if tie_to_parent else None,
+            preexec_fn=die_with_parent if tie_to_parent else None,
         )
 
 

@@ -13,22 +13,26 @@ dataset an app lists, a volume) must be resolvable on this machine. A problem ra
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import hashlib
 import json
+import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from bioengine_operator import appfolder
-from bioengine_operator.api.base import API_VERSION
+from bioengine_operator.api.base import API_VERSION, DNS_1035, DNS_LABEL, DNS_SUBDOMAIN
 from bioengine_operator.api.crds import KINDS, Kind
 
 DEFAULT_NAMESPACE = "default"
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 RUNS = ", ".join(k.kind for k in KINDS)
+CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
 
 
 class InputError(ValueError):
@@ -96,6 +100,15 @@ def load(paths: list[Path], volumes: dict[str, Path]) -> list[Resource]:
             config_maps[key[1:]] = doc
         else:
             resources[key] = doc
+    by_name: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for key, doc in resources.items():
+        other = by_name.setdefault((key[0], key[2]), key)
+        if other != key:
+            # One machine has one of each name (folders, logs, Serve's application names).
+            raise InputError(
+                f"{doc.origin}: {key[0]} {key[2]} is also in namespace {other[1]} "
+                f"({resources[other].origin}): names must differ on one machine"
+            )
     datasets = {(ns, name) for kind, ns, name in resources if kind == "BioEngineDataset"}
     return [
         _resolve(doc, config_maps, datasets, volumes)
@@ -163,23 +176,50 @@ def _checked(body: Any, where: str) -> dict[str, Any]:
     meta = body.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         raise InputError(f"{where}: metadata.name: required")
-    return {**body, "metadata": {**meta, "namespace": meta.get("namespace") or DEFAULT_NAMESPACE}}
+    namespace = meta.get("namespace") or DEFAULT_NAMESPACE
+    found = _kind(body)
+    # The rules the API server and the CRDs apply: names end up in paths and process names.
+    if found is not None:
+        if len(meta["name"]) > found.max_name or not re.match(DNS_1035, meta["name"]):
+            raise InputError(f"{where}: metadata.name: {found.name_rule()['message']}")
+    elif len(meta["name"]) > 253 or not re.match(DNS_SUBDOMAIN, meta["name"]):
+        raise InputError(f"{where}: metadata.name: must be a DNS subdomain (lowercase, '-', '.')")
+    if not isinstance(namespace, str) or len(namespace) > 63 or not re.match(DNS_LABEL, namespace):
+        raise InputError(f"{where}: metadata.namespace: must be a DNS label")
+    return {**body, "metadata": {**meta, "namespace": namespace}}
 
 
-def _validated(doc: Document, kind: Kind) -> BaseModel:
+def _validated(doc: Document, kind: Kind) -> dict[str, Any]:
+    """The spec, checked, in its wire form (camelCase, whatever spelling the file used)."""
     where = f"{doc.origin}: {kind.kind} {doc.body['metadata']['name']}"
     try:
-        return kind.spec.model_validate(doc.body.get("spec") or {})
+        model = kind.spec.model_validate(doc.body.get("spec") or {})
+        return model.model_dump(by_alias=True, exclude_none=True, mode="json")
     except ValidationError as err:
         fields = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise InputError(f"{where}: {fields}") from None
 
 
 def _config_map_files(doc: Document) -> dict[str, bytes]:
-    files = {k: str(v).encode() for k, v in (doc.body.get("data") or {}).items()}
-    for key, value in (doc.body.get("binaryData") or {}).items():
-        files[key] = base64.b64decode(value)
+    data, binary = doc.body.get("data") or {}, doc.body.get("binaryData") or {}
+    if not isinstance(data, dict) or not isinstance(binary, dict):
+        raise InputError(f"{doc.origin}: data, binaryData: must map keys to contents")
+    for key in [*data, *binary]:
+        if not isinstance(key, str) or not re.match(CONFIG_MAP_KEY, key):
+            raise InputError(f"{doc.origin}: data: {key!r} is not a valid ConfigMap key")
+    files = {k: str(v).encode() for k, v in data.items()}
+    for key, value in binary.items():
+        try:
+            files[key] = base64.b64decode(str(value), validate=True)
+        except binascii.Error:
+            raise InputError(f"{doc.origin}: binaryData.{key}: not base64") from None
     return files
+
+
+def _inside(path: str) -> bool:
+    """Whether ``path`` is relative and stays inside its folder."""
+    clean = posixpath.normpath(path)
+    return bool(path) and not path.startswith("/") and clean != ".." and not clean.startswith("../")
 
 
 def _resolve(
@@ -190,8 +230,8 @@ def _resolve(
 ) -> Resource:
     kind = _kind(doc.body)
     assert kind is not None
-    _validated(doc, kind)
-    body, spec = doc.body, doc.body.get("spec") or {}
+    spec = _validated(doc, kind)
+    body = {**doc.body, "spec": spec}
     namespace = body["metadata"]["namespace"]
     where = f"{doc.origin}: {kind.kind} {body['metadata']['name']}"
 
@@ -211,7 +251,10 @@ def _resolve(
                     f"{where}: {field}.pvc: PersistentVolumeClaim {claim} has no folder on "
                     f"this machine: give one with --volume {claim}=PATH"
                 )
-            folder = volumes[claim] / source["pvc"].get("subPath", "")
+            sub_path = source["pvc"].get("subPath", "")
+            if sub_path and not _inside(sub_path):
+                raise InputError(f"{where}: {field}.pvc.subPath: must stay inside the volume")
+            folder = volumes[claim] / sub_path
         else:
             raise InputError(
                 f"{where}: {field}: only hostPath and pvc (with --volume) run on one machine"
@@ -245,6 +288,20 @@ def _resolve(
         repository = spec["modelRepository"]
         if "configMap" in repository:
             name = repository["configMap"]["name"]
-            return Resource(body, doc.origin, config_map("spec.modelRepository.configMap", name))
+            files = config_map("spec.modelRepository.configMap", name)
+            for key, content in files.items():
+                if not _inside(key.replace("__", "/")):
+                    raise InputError(
+                        f"{where}: spec.modelRepository.configMap: key {key!r} leaves the "
+                        "model repository"
+                    )
+                try:
+                    content.decode()
+                except UnicodeDecodeError:
+                    raise InputError(
+                        f"{where}: spec.modelRepository.configMap: {key} is binary: put "
+                        "binary models on a volume (pvc with --volume)"
+                    ) from None
+            return Resource(body, doc.origin, files)
         return Resource(body, doc.origin, {}, volume("spec.modelRepository", repository))
     return Resource(body, doc.origin, {}, volume("spec.source", spec["source"]))

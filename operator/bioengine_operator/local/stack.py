@@ -10,8 +10,8 @@ What runs, for resources that a cluster would run as pods:
 - a ModelRunner: a ``tritonserver`` (nvidia-pytriton's, python backend) over the model
   repository. Inside Ray's namespace the runner's Service names
   (``<runner>``, ``<runner>.<namespace>.svc``, ...) resolve to a loopback address of its
-  own where its gRPC and HTTP ports are relayed, so an app's ``triton_url`` is the same as
-  in the cluster.
+  own where its gRPC port (8001) is relayed, so an app's ``triton_url`` is the same as in
+  the cluster.
 - a BioEngineDataset: the dataset server over the local folder; the folder is what an app
   that lists the dataset finds under ``BIOENGINE_DATA_DIR``.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -74,6 +75,7 @@ class Running:
     endpoint: Any = None  # for the bridge: a URL, or blue/green gRPC targets
     processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
     log: Path | None = None
+    application: dict[str, Any] | None = None  # an app's Serve application, once built
 
     def stop(self) -> None:
         for proc in self.processes:
@@ -127,8 +129,13 @@ class LocalStack:
                 secrets.token_urlsafe(48),
                 server_id=SERVER_ID,
             )
-            self.hypha.start()
-            token = self.hypha.token(BRIDGE_USER, f"{BRIDGE_USER}@example.org")
+            try:
+                self.hypha.start()
+                token = self.hypha.token(BRIDGE_USER, f"{BRIDGE_USER}@example.org")
+            except BaseException:
+                self.hypha.stop()
+                self.hypha = None
+                raise
         self.progress(f"connecting the bridge to {self.server_url}, workspace {self.workspace}")
         settings = hypha.Settings(self.server_url, self.workspace, token, "bioengine-local-bridge")
         self.bridge = LocalBridge(settings, key)
@@ -175,12 +182,18 @@ class LocalStack:
                 current.stop()
             running = Running(resource, resource.digest())
             self.running[resource.key] = running
-            if resource.kind == "BioEngineDataset":
-                self._start_dataset(running)
-            elif resource.kind == "ModelRunner":
-                self._start_runner(running)
-            else:
-                changed_apps = True
+            try:
+                if resource.kind == "BioEngineDataset":
+                    self._start_dataset(running)
+                elif resource.kind == "ModelRunner":
+                    self._start_runner(running)
+                else:
+                    running.application = self._application(running)
+                    changed_apps = True
+            except Exception as err:  # one resource failing never stops the others
+                running.stop()
+                running.state, running.message = "Failed", f"{type(err).__name__}: {err}"
+                running.digest = ""  # so that the next `up` tries again
             self._publish(running)
         if changed_apps:
             self._deploy_apps()
@@ -215,7 +228,9 @@ class LocalStack:
             pending = [r for r in self.running.values() if r.state == "Starting"]
             registered = self.bridge.registered() if self.bridge else {}
             unregistered = [
-                r for k, r in self.running.items() if r.state == "Ready" and k not in registered
+                r
+                for k, r in self.running.items()
+                if r.state == "Ready" and k not in registered and self._served_here(r)
             ]
             if not pending and not unregistered:
                 return
@@ -226,6 +241,11 @@ class LocalStack:
                 said = time.monotonic()
             time.sleep(0.5)
         self.progress(f"gave up waiting after {timeout:.0f}s; see `bioengine status`")
+
+    def _served_here(self, running: Running) -> bool:
+        """Whether the bridge registers the resource (not when it names another workspace)."""
+        wanted = (running.resource.spec.get("service") or {}).get("workspace")
+        return wanted in (None, self.workspace)
 
     # -- datasets -------------------------------------------------------------------------
 
@@ -294,6 +314,9 @@ class LocalStack:
             running.state, running.message = "Failed", str(err).splitlines()[0]
             server.stop()
             return
+        except BaseException:  # stopped meanwhile (Ctrl-C, down)
+            server.stop()
+            raise
         assert server.proc is not None
         running.processes.append(server.proc)
         running.endpoint = {"blue": server.grpc, "green": server.grpc}
@@ -330,10 +353,14 @@ class LocalStack:
         self.progress("starting Ray (in a loopback-only network namespace)")
         ray = servers.RayServe(self.state / "ray")
         ray.workdir.mkdir(parents=True, exist_ok=True)
-        ray.start([], timeout=180)
+        try:
+            ray.start([], timeout=180)
+            self._write_hosts()
+            ray.use_hosts(self.state / "hosts")
+        except BaseException:
+            ray.stop()
+            raise
         self.ray = ray
-        self._write_hosts()
-        ray.use_hosts(self.state / "hosts")
         for running in self.running.values():
             if running.resource.kind == "ModelRunner":
                 self._expose_runner(running)
@@ -385,11 +412,20 @@ class LocalStack:
             return
         applications = []
         for running in apps:
-            applications.append(self._application(running))
+            if running.application is None:  # failed to build: left out, shown Failed
+                continue
+            applications.append(running.application)
             running.endpoint = f"http://127.0.0.1:{ray.port}/{running.resource.name}"
             running.log = ray.logs / "serve"
         self.progress(f"deploying {len(applications)} app(s) to Ray Serve")
-        ray.deploy({"applications": applications})
+        try:
+            ray.deploy({"applications": applications})
+        except (RuntimeError, subprocess.SubprocessError) as err:
+            for running in apps:
+                running.state, running.message = "Failed", f"serve deploy: {err}"
+                running.digest = ""  # so that the next `up` tries again
+                self._publish(running)
+            return
         self.deployed_apps = {a["name"]: a for a in applications}
 
     def _sync_apps(self) -> None:
@@ -402,7 +438,10 @@ class LocalStack:
                 self._sync_app(running, statuses.get(running.resource.name) or {})
 
     def _sync_app(self, running: Running, found: dict[str, Any]) -> None:
-        wanted = self.deployed_apps[running.resource.name]["runtime_env"]
+        deployed = self.deployed_apps.get(running.resource.name)
+        if deployed is None:
+            return  # not deployed (it failed before): its state says why
+        wanted = deployed["runtime_env"]
         if (found.get("deployed_app_config") or {}).get("runtime_env") != wanted:
             found = {}  # Serve has not taken this version yet: what it says is about another
         app = {
@@ -462,10 +501,17 @@ def _ok(url: str) -> bool:
 
 
 def _secret(path: Path) -> str:
-    """A secret kept in the state folder, so tokens outlive a restart of the stack."""
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+    """A secret kept in the state folder (owner-only), so tokens outlive a restart of the
+    stack; written whole or not at all."""
+    if path.exists() and path.read_text().strip():
+        path.chmod(0o600)
+        return path.read_text().strip()
+    partial = path.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32))
+    partial.replace(path)
     return path.read_text().strip()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any
 from bioengine_operator.local import envs, procs, resources
 from bioengine_operator.local.stack import LocalStack, Remote
 
-SOCKET, PID_FILE, LOG = "control.sock", "supervisor.pid", "supervisor.log"
+SOCKET, PID_FILE, LOG, LOCK = "control.sock", "supervisor.pid", "supervisor.log", "supervisor.lock"
 STATE_ENV = "BIOENGINE_STATE_DIR"
 MODULE = "bioengine_operator.local.supervisor"
 
@@ -86,11 +87,21 @@ class Supervisor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        # One supervisor per state folder, for as long as it lives.
+        lock = (self.state_dir / LOCK).open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another supervisor runs for {self.state_dir}") from None
         path = self.state_dir / SOCKET
         path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        path.chmod(0o600)
+        # Whoever can connect can run code and mint tokens: the owner only, from the start.
+        old_umask = os.umask(0o077)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old_umask)
         listener.listen(8)
         (self.state_dir / PID_FILE).write_text(str(os.getpid()))
         try:
