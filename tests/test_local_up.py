@@ -363,6 +363,28 @@ def test_an_edited_app_is_redeployed_alone(stack: Path, tmp_path: Path) -> None:
     assert asyncio.run(calls()) == before
 
 
+def test_a_changed_dataset_updates_the_apps_that_mount_it(
+    stack: Path, data: Path, tmp_path: Path
+) -> None:
+    """The dataset's server restarts (a new address), so the app reading it is redeployed
+    too, although only the dataset was given; both answer afterwards."""
+    changed = tmp_path / "bioenginedataset.yaml"
+    text = (REPO / "examples" / "bioenginedataset.yaml").read_text()
+    changed.write_text(text.replace("license: CC-BY-4.0", "license: CC0-1.0"))
+    refused = bioengine(*up_args(tmp_path / "no-such-folder", changed), state=stack)
+    assert refused.returncode == 2 and "is not a folder" in refused.stderr, refused.stderr
+    answer = bioengine(*up_args(data, changed), state=stack)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert "BioEngineDataset cell-images changed" in answer.stdout
+    assert "BioEngineApp zarr-tile-stats changed" in answer.stdout
+    assert "nucleus-segmentation changed" not in answer.stdout  # it mounts no dataset
+    env = user_env(stack, "alice@example.org")
+    tiles = asyncio.run(_call(env, "zarr-tile-stats", "tile_stats", array_path="hela.zarr"))
+    assert tiles["shape"] == [512, 512]
+    manifest = asyncio.run(_call(env, "cell-images", "get_manifest"))
+    assert manifest["license"] == "CC0-1.0"
+
+
 def test_a_failing_app_is_failed_with_its_error_and_the_others_keep_serving(
     stack: Path, tmp_path: Path
 ) -> None:

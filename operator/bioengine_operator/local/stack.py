@@ -23,6 +23,7 @@ changed, and only what changed is restarted or redeployed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -172,15 +173,19 @@ class LocalStack:
         """Start what is new, restart what changed (datasets, then runners, then apps: an
         app may need both), and wait until each serves or has failed."""
         order = {"BioEngineDataset": 0, "ModelRunner": 1, "BioEngineApp": 2}
+        given = {r.key for r in resources}
+        # Apps not given may mount a dataset that changed: they are checked too.
+        others = [r.resource for k, r in self.running.items() if k not in given]
         changed_apps = False
-        for resource in sorted(resources, key=lambda r: order[r.kind]):
+        for resource in sorted([*resources, *others], key=lambda r: order[r.kind]):
             current = self.running.get(resource.key)
-            if current is not None and current.digest == resource.digest():
+            digest = self._digest(resource)
+            if current is not None and current.digest == digest:
                 continue
             if current is not None:
                 self.progress(f"{resource.kind} {resource.name} changed: updating it")
                 current.stop()
-            running = Running(resource, resource.digest())
+            running = Running(resource, digest)
             self.running[resource.key] = running
             try:
                 if resource.kind == "BioEngineDataset":
@@ -198,6 +203,16 @@ class LocalStack:
         if changed_apps:
             self._deploy_apps()
         self._wait(timeout)
+
+    def _digest(self, resource: Resource) -> str:
+        """What the resource's processes depend on: itself, and for an app the datasets it
+        mounts (a restarted dataset server has a new address)."""
+        digest = resource.digest()
+        if resource.kind == "BioEngineApp":
+            for name in resource.spec.get("datasets") or []:
+                dataset = self.running.get(("BioEngineDataset", resource.namespace, name))
+                digest += f"+{dataset.digest if dataset else ''}"
+        return hashlib.sha256(digest.encode()).hexdigest()[:16]
 
     def _publish(self, running: Running) -> None:
         """Tell the bridge the resource's state, as its status would in the cluster."""
