@@ -18,6 +18,7 @@ import importlib.resources
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,12 +73,19 @@ def ensure(name: str, root: Path | None = None, log: Callable[[str], None] = pri
     wanted = target.with_name(f"{target.name}.requirements.txt")
     wanted.write_text(requirements(name))
     log(f"installing the {name} environment into {target} (first use; pip log: {pip_log})")
+    started = time.monotonic()
     with pip_log.open("ab") as out:
         for argv in (
             [sys.executable, "-m", "venv", str(target)],
             [str(target / "bin" / "python"), "-m", "pip", "install", "-r", str(wanted)],
         ):
-            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            with subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT) as proc:
+                while proc.poll() is None:
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:  # a minute of pip is not silence
+                        log(f"still installing {name} ({time.monotonic() - started:.0f} s)")
+            if proc.returncode != 0:
                 raise RuntimeError(f"installing the {name} environment failed: see {pip_log}")
     for old in target.glob(".installed-*"):
         old.unlink()
