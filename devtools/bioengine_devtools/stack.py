@@ -332,16 +332,7 @@ class BridgeStack:
             if app is None:
                 continue
             state = app["status"]
-            kuberay = {
-                name: {
-                    "status": state,
-                    "message": app.get("message", ""),
-                    "serveDeploymentStatuses": {
-                        d: {"status": v["status"], "message": v.get("message", "")}
-                        for d, v in app.get("deployments", {}).items()
-                    },
-                }
-            }
+            kuberay = {name: servers.kuberay_status(app)}
             serving = state in ("RUNNING", "UNHEALTHY")
             reason = "NonZeroServeEndpoints" if serving else "Initializing"
             simulate_rayservice_status(self.cluster, NS, name, serving, reason, kuberay)

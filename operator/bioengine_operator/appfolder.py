@@ -30,6 +30,7 @@ CONFIG_MAP_LIMIT = 1024 * 1024 - 16 * 1024
 KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 # Not needed to run the app: caches, environments, and the app's own tests.
 SKIPPED_DIRS = {"__pycache__", "venv", "node_modules", "tests"}
+ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 class AppFolderError(ValueError):
@@ -151,12 +152,15 @@ def _has_module(files: dict[str, bytes], module: str) -> bool:
     return f"{module}.py" in files or f"{module}/__init__.py" in files
 
 
-def zip_of(files: dict[str, bytes]) -> bytes:
-    """The folder as a zip whose root is the app's folder (Ray's working_dir layout)."""
+def zip_of(files: dict[str, bytes], top: str = "") -> bytes:
+    """The folder as a zip whose root is the app's folder (Ray's working_dir layout), or
+    inside one ``top`` folder (which Ray strips); sorted, with fixed timestamps, so the
+    same files make the same bytes."""
     buffer = io.BytesIO()
+    prefix = f"{top}/" if top else ""
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, content in sorted(files.items()):
-            archive.writestr(path, content)
+            archive.writestr(zipfile.ZipInfo(prefix + path, ZIP_TIME), content)
     return buffer.getvalue()
 
 

@@ -34,7 +34,8 @@ def _site_packages(env: Path) -> Path:
     return next((env / "lib").glob("python3*/site-packages"))
 
 
-def _ok(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 (a readiness probe)."""
     with urllib.request.urlopen(url, timeout=2) as response:
         return bool(response.status == 200)
 
@@ -100,7 +101,11 @@ class HyphaServer(ManagedServer):
         log = self.workdir / f"hypha-{self.port}.log"
         self.proc = procs.spawn(argv, log, env=env, cwd=self.workdir)
         procs.wait_for(
-            lambda: _ok(f"{self.url}/health/readiness"), "hypha", timeout, proc=self.proc, log=log
+            lambda: answers(f"{self.url}/health/readiness"),
+            "hypha",
+            timeout,
+            proc=self.proc,
+            log=log,
         )
 
     def token(
@@ -206,8 +211,25 @@ class TritonServer(ManagedServer):
         log = self.workdir / f"{self.name}.log"
         self.proc = procs.spawn(argv, log, env={**os.environ, "LD_LIBRARY_PATH": libs})
         procs.wait_for(
-            lambda: _ok(f"{self.http}/v2/health/ready"), self.name, timeout, proc=self.proc, log=log
+            lambda: answers(f"{self.http}/v2/health/ready"),
+            self.name,
+            timeout,
+            proc=self.proc,
+            log=log,
         )
+
+
+def kuberay_status(app: dict[str, Any]) -> dict[str, Any]:
+    """One Serve application's status (from the dashboard's API) in the shape KubeRay
+    copies into ``RayService.status``, which the operator reads."""
+    return {
+        "status": app.get("status", ""),
+        "message": app.get("message", ""),
+        "serveDeploymentStatuses": {
+            name: {"status": d.get("status"), "message": d.get("message", "")}
+            for name, d in (app.get("deployments") or {}).items()
+        },
+    }
 
 
 @dataclasses.dataclass

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -32,12 +31,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bioengine_operator import appfolder
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.base import default_service_id
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
@@ -294,7 +292,9 @@ class LocalStack:
 
     def _until_ready(self, running: Running, url: str, proc: subprocess.Popen[bytes]) -> None:
         try:
-            procs.wait_for(lambda: _ok(url), running.resource.name, 60, proc=proc, log=running.log)
+            procs.wait_for(
+                lambda: servers.answers(url), running.resource.name, 60, proc=proc, log=running.log
+            )
         except (RuntimeError, TimeoutError) as err:
             running.state, running.message = "Failed", str(err).splitlines()[0]
             running.stop()
@@ -406,7 +406,8 @@ class LocalStack:
         }
         zipped = self.state / "apps" / f"{resource.name}-{running.digest}.zip"
         zipped.parent.mkdir(exist_ok=True)
-        zipped.write_bytes(_zip(files))
+        # One top folder: Ray strips it, whatever the app's own layout.
+        zipped.write_bytes(appfolder.zip_of(files, top="app"))
         application["runtime_env"] = {"working_dir": f"file://{zipped}"}
         return application
 
@@ -459,14 +460,7 @@ class LocalStack:
         wanted = deployed["runtime_env"]
         if (found.get("deployed_app_config") or {}).get("runtime_env") != wanted:
             found = {}  # Serve has not taken this version yet: what it says is about another
-        app = {
-            "status": found.get("status", ""),
-            "message": found.get("message", ""),
-            "serveDeploymentStatuses": {
-                name: {"status": d.get("status"), "message": d.get("message", "")}
-                for name, d in (found.get("deployments") or {}).items()
-            },
-        }
+        app = servers.kuberay_status(found)
         healthy, reason, message = serve_condition(app if found else None)
         if healthy is True:
             new = ("Ready", "")
@@ -510,11 +504,6 @@ class LocalStack:
         return rows
 
 
-def _ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
-
-
 def _secret(path: Path) -> str:
     """A secret kept in the state folder (owner-only), so tokens outlive a restart of the
     stack; written whole or not at all."""
@@ -528,12 +517,3 @@ def _secret(path: Path) -> str:
         out.write(secrets.token_urlsafe(32))
     partial.replace(path)
     return path.read_text().strip()
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    """A working_dir zip: one top folder (Ray strips it), fixed timestamps, sorted."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path, content in sorted(files.items()):
-            archive.writestr(zipfile.ZipInfo(f"app/{path}", (2020, 1, 1, 0, 0, 0)), content)
-    return buffer.getvalue()
