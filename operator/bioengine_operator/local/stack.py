@@ -110,6 +110,11 @@ class LocalStack:
         return self.hypha.url
 
     @property
+    def started(self) -> bool:
+        """Hypha and the bridge run (``start`` succeeded, ``stop`` not yet called)."""
+        return self.bridge is not None
+
+    @property
     def workspace(self) -> str:
         return self.remote.workspace if self.remote else f"ws-user-{BRIDGE_USER}"
 

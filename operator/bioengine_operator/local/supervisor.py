@@ -74,7 +74,6 @@ class Supervisor:
         self.state_dir = state_dir
         self.client: socket.socket | None = None
         self.stack = LocalStack(state_dir, self.progress, remote)
-        self.started = False
 
     def progress(self, text: str) -> None:
         print(text, flush=True)
@@ -145,21 +144,20 @@ class Supervisor:
                 [Path(p) for p in message["paths"]],
                 {k: Path(v) for k, v in message.get("volumes", {}).items()},
             )
-            if not self.started:
+            if not self.stack.started:
                 self.stack.start()
-                self.started = True
             self.stack.apply(loaded)
         elif verb == "env":
             token = self.stack.user_token(message["user"])
             return {"done": True, **self.connection(), "token": token}
         elif verb not in ("status", "down"):
             raise ValueError(f"unknown request {verb!r}")
-        rows = self.stack.rows() if self.started else []
+        rows = self.stack.rows()
         stack = [os.getpid(), *procs.descendants(os.getpid())]
         return {"done": True, **self.connection(), "rows": rows, "memory": procs.rss_bytes(stack)}
 
     def connection(self) -> dict[str, Any]:
-        if not self.started:
+        if not self.stack.started:
             return {}
         return {"server_url": self.stack.server_url, "workspace": self.stack.workspace}
 
