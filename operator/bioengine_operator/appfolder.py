@@ -43,28 +43,29 @@ class Rendered:
     warnings: list[str]
 
 
+def skipped(parts: tuple[str, ...]) -> bool:
+    """Whether the file at ``parts`` (its path in the folder) is left out of the app:
+    hidden files, caches, environments and tests."""
+    hidden = any(p.startswith(".") or p in SKIPPED_DIRS for p in parts)
+    return hidden or parts[-1].endswith(".pyc")
+
+
 def files_of(folder: Path) -> dict[str, bytes]:
-    """Every file of the app, by its path in the folder (hidden files, caches and tests
-    left out)."""
+    """Every file of the app, by its path in the folder (see :func:`skipped`)."""
     found: dict[str, bytes] = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        parts = relative.parts
-        if any(p.startswith(".") or p in SKIPPED_DIRS for p in parts) or path.suffix == ".pyc":
-            continue
-        if path.is_file():
+        if not skipped(relative.parts) and path.is_file():
             found[relative.as_posix()] = path.read_bytes()
     return found
 
 
-def read_manifest(folder: Path) -> tuple[AppManifest, list[str]]:
-    """The folder's manifest, checked; and warnings about keys left out."""
-    where = folder / MANIFEST
-    if not where.is_file():
-        raise AppFolderError(f"{where}: not found (an app folder holds a {MANIFEST})")
+def parse_manifest(content: bytes, where: str) -> tuple[AppManifest, list[str]]:
+    """``content`` of a ``manifest.yaml`` checked as format 0.6.0 (errors name ``where`` and
+    the field); and warnings about keys left out."""
     try:
-        raw = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
+        raw = yaml.safe_load(content.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise AppFolderError(f"{where}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise AppFolderError(f"{where}: must be a mapping of manifest fields")
@@ -87,13 +88,13 @@ def read_manifest(folder: Path) -> tuple[AppManifest, list[str]]:
         manifest = AppManifest.model_validate({k: v for k, v in raw.items() if k in known})
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(_snake(str(p)) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            f"{'.'.join(snake_case(str(p)) for p in e['loc'])}: {e['msg']}" for e in err.errors()
         )
         raise AppFolderError(f"{where}: {problems}") from None
     return manifest, warnings
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -174,11 +175,34 @@ def render(
 ) -> Rendered:
     """The BioEngineApp for ``folder`` (and the ConfigMap with its code, unless the code
     comes from ``source_uri``), with a cluster admin's ``overrides`` merged into its spec."""
-    manifest, warnings = read_manifest(folder)
-    files = files_of(folder)
+    return render_files(
+        files_of(folder),
+        str(folder / MANIFEST),
+        name=name,
+        namespace=namespace,
+        source_uri=source_uri,
+        overrides=overrides,
+    )
+
+
+def render_files(
+    files: dict[str, bytes],
+    where: str,
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
+    source_uri: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    code_name: str | None = None,
+) -> Rendered:
+    """:func:`render` for an app's files held in memory (an upload); ``where`` names its
+    manifest in errors, ``code_name`` the code ConfigMap (default ``<name>-code``)."""
+    if MANIFEST not in files:
+        raise AppFolderError(f"{where}: not found (an app folder holds a {MANIFEST})")
+    manifest, warnings = parse_manifest(files[MANIFEST], where)
     if manifest.frontend_entry and manifest.frontend_entry not in files:
         raise AppFolderError(
-            f"{folder / MANIFEST}: frontend_entry: {manifest.frontend_entry} is not in the folder"
+            f"{where}: frontend_entry: {manifest.frontend_entry} is not in the folder"
         )
     module = manifest.entry.partition(":")[0].replace(".", "/")
     # Some apps name their entry inside the folder as a package named after the id
@@ -189,20 +213,21 @@ def render(
         module = module.removeprefix(f"{package}/")
     if not _has_module(files, module):
         raise AppFolderError(
-            f"{folder / MANIFEST}: entry: module {manifest.entry.partition(':')[0]} is not in "
-            "the folder"
+            f"{where}: entry: module {manifest.entry.partition(':')[0]} is not in the folder"
         )
     resource = name or manifest.id
     if len(resource) > APP_NAME_MAX:
         raise AppFolderError(
-            f"{folder / MANIFEST}: id: {resource!r} is longer than {APP_NAME_MAX} characters, "
+            f"{where}: id: {resource!r} is longer than {APP_NAME_MAX} characters, "
             "the longest BioEngineApp name: give a shorter --name"
         )
     objects: list[dict[str, Any]] = []
     if source_uri:
         source: dict[str, Any] = {"uri": source_uri}
     else:
-        code, items = config_map(f"{resource}-code", files, package if in_package else None)
+        code, items = config_map(
+            code_name or f"{resource}-code", files, package if in_package else None
+        )
         source = {"configMap": {"name": code["metadata"]["name"]}}
         if items:
             source["configMap"]["items"] = items
