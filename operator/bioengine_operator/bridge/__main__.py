@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,17 @@ import kopf
 import prometheus_client
 
 from bioengine_operator import cli, kopf_runner
+from bioengine_operator.api.base import DNS_LABEL as DNS_LABEL_PATTERN
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
 from bioengine_operator.bridge import hypha
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.registry import Limits, Registry
+from bioengine_operator.bridge.worker import Worker
 from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +51,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="file holding the Hypha token (else HYPHA_TOKEN)",
     )
     parser.add_argument(
-        "--client-id", default=env("BIOENGINE_BRIDGE_CLIENT_ID", "bioengine-bridge")
+        "--cluster-name",
+        default=env("BIOENGINE_CLUSTER_NAME", ""),
+        help="this cluster's name, distinct per cluster when several bridges share a workspace: "
+        "it names the bridge's Hypha client and its worker service (BIOENGINE_CLUSTER_NAME)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=env("BIOENGINE_BRIDGE_CLIENT_ID"),
+        help="Hypha client id (default bioengine-bridge[-<cluster name>])",
+    )
+    parser.add_argument(
+        "--worker-namespace",
+        default=env("BIOENGINE_WORKER_NAMESPACE"),
+        help="offer the BioEngine worker service, deploying apps to this namespace "
+        "(BIOENGINE_WORKER_NAMESPACE); without it there is no worker service",
+    )
+    parser.add_argument(
+        "--worker-admins",
+        default=env("BIOENGINE_WORKER_ADMINS", ""),
+        help="comma-separated Hypha user ids or emails who may upload, deploy and stop apps "
+        "through the worker (BIOENGINE_WORKER_ADMINS)",
     )
     parser.add_argument(
         "-n",
@@ -94,6 +118,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             "--server-url and --workspace (or HYPHA_SERVER_URL, HYPHA_WORKSPACE) are required"
         )
+    if args.cluster_name and not DNS_LABEL.match(args.cluster_name):
+        parser.error(f"--cluster-name: {args.cluster_name!r} must be a DNS label (a-z, 0-9, -)")
+    if not args.client_id:
+        args.client_id = "-".join(filter(None, ("bioengine-bridge", args.cluster_name)))
     return args
 
 
@@ -126,9 +154,22 @@ def install(args: argparse.Namespace) -> None:
         else None
     )
     limits = Limits(args.call_timeout, args.discovery_timeout, args.max_read_bytes)
-    registry = Registry(
-        connection, Endpoints.from_file(args.endpoints_file), args.workspace, limits, key
-    )
+    endpoints = Endpoints.from_file(args.endpoints_file)
+    registry = Registry(connection, endpoints, args.workspace, limits, key)
+    if args.worker_namespace:
+        worker = Worker(
+            namespace=args.worker_namespace,
+            workspace=args.workspace,
+            cluster_name=args.cluster_name,
+            client_id=args.client_id,
+            admins=tuple(a.strip() for a in args.worker_admins.split(",") if a.strip()),
+            endpoints=endpoints,
+            session=lambda: registry.session,
+            registered=lambda name: (
+                ("BioEngineApp", args.worker_namespace, name) in registry.registered
+            ),
+        )
+        registry.static.append(worker.definition())
     prometheus_client.REGISTRY.register(registry.collector())
     tasks: list[asyncio.Task[None]] = []
 

@@ -4,7 +4,10 @@ In a cluster the answer comes from the resource's status and names (Services and
 cluster DNS names). Under kwok, pods have no network, so tests run the real backends on
 loopback and tell the bridge where they are with an endpoints file: the one seam between
 the bridge and the simulated pods. Its JSON maps ``<kind>/<namespace>/<name>`` to a URL
-(apps, datasets) or to ``{"blue": "host:port", "green": "host:port"}`` (model runners).
+(apps, datasets) or to ``{"blue": "host:port", "green": "host:port"}`` (model runners);
+``raydashboard/<namespace>/<name>`` to an app's Ray dashboard. A ``*`` name matches every
+resource of that kind and namespace, with ``{name}`` in its URL replaced by the resource's
+(apps deployed while the bridge runs).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bioengine_operator import bluegreen
-from bioengine_operator.builders import meta, triton
+from bioengine_operator.builders import meta, rayservice, triton
 
 
 class Endpoints:
@@ -26,7 +29,11 @@ class Endpoints:
         return cls(json.loads(path.read_text()) if path else None)
 
     def _override(self, kind: str, namespace: str, name: str) -> Any:
-        return self.overrides.get(f"{kind.lower()}/{namespace}/{name}")
+        found = self.overrides.get(f"{kind.lower()}/{namespace}/{name}")
+        if found is not None:
+            return found
+        pattern = self.overrides.get(f"{kind.lower()}/{namespace}/*")
+        return pattern.replace("{name}", name) if isinstance(pattern, str) else pattern
 
     def app(self, body: dict[str, Any]) -> str | None:
         meta_ = body["metadata"]
@@ -42,3 +49,9 @@ class Endpoints:
         owner = meta.Owner.from_body(body)
         found = self._override("ModelRunner", owner.namespace, owner.name) or {}
         return tuple(found.get(c) or triton.grpc_endpoint(owner, c) for c in bluegreen.COLORS)
+
+    def dashboard(self, body: dict[str, Any]) -> str:
+        """The Ray dashboard of an app (Serve's replicas and their logs)."""
+        owner = meta.Owner.from_body(body)
+        found = self._override("RayDashboard", owner.namespace, owner.name)
+        return str(found or rayservice.dashboard_endpoint(owner))

@@ -87,6 +87,10 @@ class Registry:
         self._again: set[Key] = set()
         self.leftover: dict[str, int] = {}  # service id -> connection generation
         self.session: aiohttp.ClientSession | None = None
+        # Services of the bridge itself (the worker), and the connection they were made on.
+        self.static: list[dict[str, Any]] = []
+        self._static_generation = 0
+        self._static_task: asyncio.Task[None] | None = None
 
     # -- inputs (on the event loop) -----------------------------------------------------
 
@@ -117,6 +121,21 @@ class Registry:
         """A new Hypha client holds none of the old registrations: converge everything."""
         for key in {*self.wanted, *self.registered}:
             self.kick(key)
+        if self.static:
+            self._static_task = asyncio.create_task(self._register_static())
+
+    async def _register_static(self) -> None:
+        generation = self.hypha.generation
+        if not self.static or self._static_generation == generation or self.hypha.server is None:
+            return
+        try:
+            for definition in self.static:
+                await asyncio.wait_for(self.hypha.register(definition), timeout=30)
+        except Exception as err:  # retried on the next round
+            logger.warning("cannot register the bridge's own services yet: %s", _text(err))
+            return
+        self._static_generation = generation
+        logger.info("registered %s", ", ".join(d["id"] for d in self.static))
 
     # -- convergence --------------------------------------------------------------------
 
@@ -140,6 +159,7 @@ class Registry:
                 for key in {*self.wanted, *self.registered}:
                     if not self._converged(key):
                         self.kick(key)
+                await self._register_static()
                 for service_id, generation in list(self.leftover.items()):
                     await self._remove([service_id], generation)
         finally:
@@ -217,6 +237,8 @@ class Registry:
                 # Counted as made before the call returns: a timeout may come after Hypha
                 # registered it.
                 ids.append(definition["id"])
+                if definition.get("type") != "asgi":
+                    definition = services.with_load(definition)
                 await asyncio.wait_for(self.hypha.register(definition), timeout=30)
             if self.hypha.generation != generation:
                 raise ConnectionError("the Hypha connection was renewed while registering")

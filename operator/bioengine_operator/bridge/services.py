@@ -83,6 +83,32 @@ def instrumented(kind: str, name: str, fn: Callable[..., Awaitable[Any]]) -> Cal
     return call
 
 
+def with_load(service: dict[str, Any]) -> dict[str, Any]:
+    """``service`` with every function counted while it runs, and ``get_load()``: how many
+    calls this instance serves now. When several clusters' bridges register the same
+    service id, a client picks the least busy with ``{"mode": "select:min:get_load"}``."""
+    running = 0
+
+    def counted(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal running
+            running += 1
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                running -= 1
+
+        return call
+
+    async def get_load(context: dict[str, Any] | None = None) -> float:
+        """Calls this instance of the service is serving now (lower is less busy)."""
+        return float(running)
+
+    counted_service = {k: counted(v) if callable(v) else v for k, v in service.items()}
+    return {**counted_service, "get_load": get_load}
+
+
 def _base(want: Desired, get_status: Status) -> dict[str, Any]:
     async def status(context: dict[str, Any] | None = None) -> dict[str, Any]:
         """Phase, conditions and readiness of the resource behind this service."""

@@ -28,6 +28,7 @@ ENTRY_DIR = "/home/ray/bioengine"
 APP_DIR = "/home/ray/app"
 DATASETS_DIR = "/data"
 SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
 CODE_HASH = "bioengine.bioimage.io/code-hash"
 _RUNTIME = importlib.resources.files("bioengine_operator.runtime")
 # Files of the runtime ConfigMap, as the Ray pods import them.
@@ -184,7 +185,7 @@ def ray_service(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> di
     cluster = spec.ray_cluster
     head_ports = [
         {"name": "gcs-server", "containerPort": 6379},
-        {"name": "dashboard", "containerPort": 8265},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
         {"name": "client", "containerPort": 10001},
         {"name": "serve", "containerPort": SERVE_PORT},
     ]
@@ -236,3 +237,9 @@ def children(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> list[
 def serve_endpoint(owner: meta.Owner) -> str:
     """KubeRay's Serve Service for a RayService is ``<name>-serve-svc``."""
     return f"http://{owner.name}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}{route_prefix(owner)}"
+
+
+def dashboard_endpoint(owner: meta.Owner) -> str:
+    """The Ray dashboard of a RayService's active cluster: KubeRay's ``<name>-head-svc``,
+    which follows the active cluster across upgrades."""
+    return f"http://{owner.name}-head-svc.{owner.namespace}.svc:{DASHBOARD_PORT}"

@@ -178,8 +178,8 @@ def check_owner(live: Object | None, owner_uid: str) -> None:
     raise NameConflict(live.get("kind", "object"), live["metadata"]["name"], holder)
 
 
-def apply(obj: Object) -> Object:
-    """Server-side apply ``obj`` as the operator's field manager, taking over conflicts."""
+def apply(obj: Object, field_manager: str = FIELD_MANAGER) -> Object:
+    """Server-side apply ``obj`` as ``field_manager`` (the operator's), taking over conflicts."""
     meta = obj["metadata"]
     return _call(  # type: ignore[no-any-return]
         "PATCH",
@@ -189,9 +189,20 @@ def apply(obj: Object) -> Object:
         meta["name"],
         # Serialized here: the client would ASCII-escape it (see the module docstring).
         body=json.dumps(obj, ensure_ascii=False).encode(),
-        query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        query=[("fieldManager", field_manager), ("force", "true")],
         content_type="application/apply-patch+yaml",
     )
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    """Delete the object (its dependents in the background); False if it was gone."""
+    try:
+        _call("DELETE", api_version, kind, namespace, name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
 
 
 def apply_owned(
