@@ -19,7 +19,9 @@ network.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -38,8 +40,9 @@ from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process, tools
 from bioengine_operator import appfolder
 from bioengine_operator.builders import dataset as dataset_builder
+from bioengine_operator.builders import rayservice
 from bioengine_operator.dataserver import tokens
-from bioengine_operator.local import procs, servers
+from bioengine_operator.local import netns, procs, servers
 
 NS = "default"
 EXAMPLES = tools.REPO_ROOT / "examples"
@@ -96,11 +99,24 @@ def simulate_rayservice_status(
     )
 
 
+def _cluster_spec(rayservice_body: dict[str, Any]) -> str:
+    return json.dumps(rayservice_body["spec"], sort_keys=True)
+
+
 @dataclasses.dataclass
 class BridgeStack:
+    """``examples``: the runner, the dataset and the three apps (else none: a cluster for
+    apps deployed through the worker); ``hypha``: a server shared with other stacks (one
+    workspace over several clusters), else one of its own; ``bridge_args``: extra flags of
+    every bridge started (e.g. the worker's)."""
+
     workdir: Path
     with_app: bool = True
     hypha_deflate: bool = True
+    examples: bool = True
+    hypha: servers.HyphaServer | None = None
+    name: str = "bridge"
+    bridge_args: tuple[str, ...] = ()
     procs_: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
 
     def wait(self, condition: Any, what: str, timeout: float = 60) -> None:
@@ -118,7 +134,7 @@ class BridgeStack:
 
     def _start(self) -> None:
         self.cluster = devcluster.DevCluster(
-            self.workdir / "cluster", name="bridge", kuberay_operator=False
+            self.workdir / "cluster", name=self.name, kuberay_operator=False
         )
         self.cluster.start()
         self._stoppers.append(self.cluster.stop)
@@ -141,17 +157,22 @@ class BridgeStack:
         )
         self.operator.start()
         self._stoppers.append(self.operator.stop)
-        self.hypha = servers.HyphaServer(
-            self.workdir,
-            secrets.token_urlsafe(32),
-            # 64 characters: Hypha refuses shorter root tokens that happen to contain "abc".
-            secrets.token_urlsafe(48),
-            deflate=self.hypha_deflate,
-        )
-        self.hypha.start()
-        self._stoppers.append(self.hypha.stop)
-        self._start_runner()
-        self._start_dataset()
+        if self.hypha is None:
+            self.hypha = servers.HyphaServer(
+                self.workdir,
+                secrets.token_urlsafe(32),
+                # 64 characters: Hypha refuses shorter root tokens that happen to contain "abc".
+                secrets.token_urlsafe(48),
+                deflate=self.hypha_deflate,
+            )
+            self.hypha.start()
+            self._stoppers.append(self.hypha.stop)
+        self.tritons: dict[str, servers.TritonServer] = {}
+        self.deployed: dict[str, str] = {}
+        self.applied: set[str] = set()  # apps whose code folder is on Ray's PYTHONPATH
+        if self.examples:
+            self._start_runner()
+            self._start_dataset()
         if self.with_app:
             self._start_app()
         self.start_bridge()
@@ -180,7 +201,6 @@ class BridgeStack:
             "runner Ready",
         )
         models = servers.write_model_repository(objects[0]["data"], self.workdir / "models")
-        self.tritons = {}
         for color in ("blue", "green"):
             triton = servers.TritonServer(
                 self.workdir, self.workdir / "models", models, name=f"triton-{color}"
@@ -245,21 +265,31 @@ class BridgeStack:
         self.ray = servers.RayServe(self.workdir)
         mounts = self.workdir / "mounts"
         mounts.mkdir()
-        (mounts / DATASET).symlink_to(self.workdir / "dataset")
-        # One Ray cluster runs every app, where each gets its own on Kubernetes: each app's
-        # folder is on its PYTHONPATH (the apps of apps/ and tests/apps/, whose module
-        # names do not clash).
+        if self.examples:
+            (mounts / DATASET).symlink_to(self.workdir / "dataset")
+        # One Ray cluster runs every app, where each gets its own on Kubernetes: the folder
+        # of each app applied from apps/ and tests/apps/ (whose module names do not clash)
+        # is on its PYTHONPATH; apps deployed otherwise (through the worker) bring their
+        # code as a working_dir zip.
         folders = sorted(APPS_DIR.glob("*/manifest.yaml")) + sorted(
             TEST_APPS.glob("*/manifest.yaml")
         )
         code = [self.workdir / "code" / path.parent.name for path in folders]
-        self.ray.start(
-            [self.workdir / "entry", *code],
-            env={"BIOENGINE_DATA_DIR": str(mounts)},
-        )
+        entry = self.workdir / "entry"
+        entry.mkdir()
+        for key, text in rayservice.RUNTIME_FILES.items():
+            (entry / key).write_text(text)
+        self.ray.start([entry, *code], env={"BIOENGINE_DATA_DIR": str(mounts)})
         self._stoppers.append(self.ray.stop)
+        # Ray's dashboard, as the bridge reaches it at <app>-head-svc:8265 in a cluster.
+        assert self.ray.namespace is not None
+        relay, self.dashboard_port = netns.relay(
+            self.ray.namespace, rayservice.DASHBOARD_PORT, self.workdir / "dashboard-relay.log"
+        )
+        self._stoppers.append(lambda: procs.stop_group(relay.pid))
+        if not self.examples:
+            return
         self.ray.reach(self.tritons["blue"].grpc_port)
-        self.deployed: dict[str, dict[str, Any]] = {}
         for name in (APP, COMPOSED, TILES):
             self.apply_app(APPS_DIR / name, self.app_overrides(name))
         self.deploy_apps()
@@ -292,39 +322,58 @@ class BridgeStack:
         self.cluster.apply(objects)
         name = objects[-1]["metadata"]["name"]
         self.wait(lambda: self.cluster.get(NS, "rayservice", name), f"RayService {name}")
-        entry = self.workdir / "entry"
-        entry.mkdir(exist_ok=True)
+        # The operator's runtime ConfigMap is what the Ray pods import.
         runtime = self.cluster.get(NS, "configmap", f"{name}-bioengine-entry")
-        for key, text in runtime["data"].items():
-            (entry / key).write_text(text)
-        code = self.cluster.get(NS, "configmap", f"{name}-code")
-        source = objects[-1]["spec"]["source"]["configMap"]
-        # A key may be placed more than once (an entry that imports the folder as a package).
-        items = source.get("items") or [{"key": key, "path": key} for key in code["data"]]
+        assert runtime["data"] == rayservice.RUNTIME_FILES
         target = self.workdir / "code" / name
         shutil.rmtree(target, ignore_errors=True)
-        for item in items:
-            path = target / item["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(code["data"][item["key"]])
+        for path, content in self.mounted_code(name).items():
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            (target / path).write_bytes(content)
+        self.applied.add(name)
         return str(name)
 
+    def mounted_code(self, name: str) -> dict[str, bytes]:
+        """The app's code ConfigMap as the kubelet mounts it: files by path (``items``
+        placed; a key may be placed twice, for an entry importing the folder as a package)."""
+        source = self.cluster.get(NS, "bea", name)["spec"]["source"]["configMap"]
+        code = self.cluster.get(NS, "configmap", source["name"])
+        files = {k: v.encode() for k, v in (code.get("data") or {}).items()}
+        files |= {k: base64.b64decode(v) for k, v in (code.get("binaryData") or {}).items()}
+        items = source.get("items") or [{"key": key, "path": key} for key in files]
+        return {item["path"]: files[item["key"]] for item in items}
+
     def deploy_apps(self) -> None:
-        """``serve deploy`` every app's current serveConfigV2, as KubeRay would each one's."""
+        """``serve deploy`` every app's current serveConfigV2, as KubeRay would each one's;
+        an app whose code is not on Ray's path gets it as a working_dir zip."""
         applications = []
         self.deployed = {}
         for body in self.cluster.list(NS, "rayservice"):
+            name = body["metadata"]["name"]
             if body["metadata"].get("deletionTimestamp"):
                 continue
-            applications += yaml.safe_load(body["spec"]["serveConfigV2"])["applications"]
-            self.deployed[body["metadata"]["name"]] = body["spec"]["serveConfigV2"]
+            found = yaml.safe_load(body["spec"]["serveConfigV2"])["applications"]
+            if name not in self.applied:
+                # Named after its content: changed code is a new working_dir, redeployed.
+                content = appfolder.zip_of(self.mounted_code(name), top="app")
+                digest = hashlib.sha256(content).hexdigest()[:12]
+                zipped = self.workdir / "zips" / f"{name}-{digest}.zip"
+                zipped.parent.mkdir(exist_ok=True)
+                zipped.write_bytes(content)
+                found = [{**a, "runtime_env": {"working_dir": f"file://{zipped}"}} for a in found]
+            applications += found
+            self.deployed[name] = _cluster_spec(body)
         self.ray.deploy({"applications": applications})
 
     def sync_rayservices(self) -> None:
         """Copy Serve's application statuses into the RayServices, as KubeRay does; a
-        RayService whose serveConfigV2 changed is deployed again first."""
-        current = {b["metadata"]["name"]: b for b in self.cluster.list(NS, "rayservice")}
-        if any(self.deployed.get(n) != b["spec"]["serveConfigV2"] for n, b in current.items()):
+        RayService that is new, gone, or changed (its Serve config, or its pods: new code
+        makes a new Ray cluster) is deployed again first."""
+        listed = self.cluster.list(NS, "rayservice")
+        current = {
+            b["metadata"]["name"]: b for b in listed if not b["metadata"].get("deletionTimestamp")
+        }
+        if {n: _cluster_spec(b) for n, b in current.items()} != self.deployed:
             self.deploy_apps()
         statuses = self.ray.serve_status()
         for name in current:
@@ -350,13 +399,14 @@ class BridgeStack:
     # -- the bridge --------------------------------------------------------------------
 
     def endpoints(self) -> dict[str, Any]:
-        found: dict[str, Any] = {
-            f"modelrunner/{NS}/{RUNNER}": {c: t.grpc for c, t in self.tritons.items()},
-            f"bioenginedataset/{NS}/{DATASET}": f"http://127.0.0.1:{self.dataset_port}",
-        }
+        found: dict[str, Any] = {}
+        if self.examples:
+            found[f"modelrunner/{NS}/{RUNNER}"] = {c: t.grpc for c, t in self.tritons.items()}
+            found[f"bioenginedataset/{NS}/{DATASET}"] = f"http://127.0.0.1:{self.dataset_port}"
         if self.with_app:
-            for name in self.deployed:
-                found[f"bioengineapp/{NS}/{name}"] = f"http://127.0.0.1:{self.ray.port}/{name}"
+            # Every app is a route of the one Serve; its Ray dashboard is that Ray's.
+            found[f"bioengineapp/{NS}/*"] = f"http://127.0.0.1:{self.ray.port}/{{name}}"
+            found[f"raydashboard/{NS}/*"] = f"http://127.0.0.1:{self.dashboard_port}"
         return found
 
     def start_bridge(
@@ -383,6 +433,7 @@ class BridgeStack:
                 f"--metrics-address={self.bridge_metrics.split('/')[2]}",
                 "--call-timeout=60",
                 "--log-format=json",
+                *self.bridge_args,
                 *extra_args,
             ],
             self.bridge_log,
@@ -396,8 +447,8 @@ class BridgeStack:
         procs.stop_group(proc.pid)
 
     def service_ids(self) -> list[str]:
-        ids = [RUNNER, DATASET, f"{DATASET}-files"]
-        apps = [APP, COMPOSED, TILES, f"{TILES}-ui"]
+        ids = [RUNNER, DATASET, f"{DATASET}-files"] if self.examples else []
+        apps = [APP, COMPOSED, TILES, f"{TILES}-ui"] if self.examples else []
         return [*apps, *ids] if self.with_app else ids
 
     def log_tails(self) -> str:
