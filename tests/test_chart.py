@@ -63,6 +63,10 @@ CONFIGURATIONS = {
         "--set=operator.serviceAccount.name=custom-operator",
     ),
     **{f"overlay-{name}": (f"--values={path}",) for name, path in OVERLAYS.items()},
+    "shared-hub": (
+        f"--values={OVERLAYS['gke']}",
+        f"--values={ROOT / 'examples/values/shared-hub.yaml'}",
+    ),
 }
 
 
@@ -834,6 +838,88 @@ def test_real_operator_reconciles_with_only_the_charts_rbac(
         assert dev.kubectl("get", crd, check=False).returncode == 0
 
 
+# What the worker does with each of its grants, with nothing but the chart's bridge account:
+# an upload (create), the same version again (patch), a deploy (create) and an update
+# (patch), status, datasets, a stop (get, delete) and a delete of the upload.
+WORKER_PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+from bioengine_operator.bridge.endpoints import Endpoints
+from bioengine_operator.bridge.worker import Worker
+
+def folder_files(folder):
+    return [
+        {"name": p.relative_to(folder).as_posix(), "content": p.read_text(), "type": "text"}
+        for p in sorted(folder.rglob("*")) if p.is_file() and "tests" not in p.parts
+    ]
+
+async def main(namespace, folder):
+    worker = Worker(namespace, "ws", "rbac", "bioengine-bridge-rbac", ("alice",), Endpoints(),
+                    lambda: None, lambda name: False)
+    admin = {"user": {"id": "alice"}}
+    files = folder_files(Path(folder))
+    artifact = await worker.upload_app(files=files, context=admin)
+    await worker.upload_app(files=files, context=admin)
+    await worker.deploy_app(artifact_id=artifact, application_id="rbac-app", context=admin)
+    await worker.deploy_app(
+        artifact_id=artifact, application_id="rbac-app", disable_gpu=True, context=admin
+    )
+    status = await worker.get_app_status(application_ids=["rbac-app"], context=admin)
+    datasets = await worker.list_datasets(context=admin)
+    await worker.stop_app(application_id="rbac-app", context=admin)
+    await worker.delete_app(artifact, context=admin)
+    print(json.dumps({"status": status["rbac-app"]["status"], "datasets": sorted(datasets)}))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_the_worker_works_with_only_the_charts_rbac(
+    denbi: devcluster.DevCluster, helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    dev, system, release, apps_ns = denbi, "bioengine-worker-system", "bioengine-operator", "lab"
+    dev.kubectl("create", "namespace", apps_ns)
+    try:
+        install(
+            helm_env,
+            release,
+            system,
+            dev.kubeconfig,
+            "--create-namespace",
+            *BRIDGE,
+            "--set=bridge.worker.enabled=true",
+            f"--set=bridge.worker.namespace={apps_ns}",
+            "--set=bridge.worker.adminUsers={alice}",
+        )
+        account = get(dev, system, "deployment", f"{release}-bridge")["spec"]["template"]["spec"][
+            "serviceAccountName"
+        ]
+        kubeconfig = token_kubeconfig(dev, system, account, tmp_path / "bridge.kubeconfig")
+        audit_start = len(dev.audit_log.read_text().splitlines())
+        probe = run(
+            [sys.executable, "-c", WORKER_PROBE, apps_ns, str(ROOT / "apps/nucleus-segmentation")],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+        assert json.loads(probe.stdout.splitlines()[-1]) == {"status": "DEPLOYING", "datasets": []}
+        role = get(dev, apps_ns, "role", f"{release}-worker")
+        granted = {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        used = used_rbac(dev.audit_log, f"system:serviceaccount:{system}:{account}", audit_start)
+        assert not granted - used, f"granted to the worker, never used: {sorted(granted - used)}"
+        # Nothing outside its namespace: the same account may not write next door.
+        who = f"system:serviceaccount:{system}:{account}"
+        assert not can_i(dev, who, "create", "configmaps", f"--namespace={system}")
+        assert not can_i(dev, who, "create", "bioengineapps.bioengine.bioimage.io", "-A")
+    finally:
+        uninstall(helm_env, release, system, dev.kubeconfig)
+        dev.kubectl("delete", "namespace", apps_ns, "--wait=false", check=False)
+
+
 # -- two clusters with Helmsman -----------------------------------------------------------------
 
 
@@ -900,7 +986,7 @@ def check_rollout(
             release = release_in(helm_env, kubeconfig, context, app["namespace"], name)
             assert release and release["status"] == "deployed", (context, release)
             assert release["chart"] == f"bioengine-operator-{app['version']}"
-            for component in ("operator", "bridge", *(["hypha"] if context == "denbi" else [])):
+            for component in ("operator", "bridge"):
                 wait_for(
                     lambda d=dev, ns=app["namespace"], n=f"{name}-{component}": deployment_ready(
                         d, ns, n
@@ -910,12 +996,60 @@ def check_rollout(
     # Each cluster got its own overlay.
     gke_bridge = get(cluster, "bioengine", "deployment", "bioengine-operator-bridge")
     assert "gke-spot" in json.dumps(gke_bridge["spec"]["template"]["spec"]["affinity"])
-    assert env_of(gke_bridge)["HYPHA_SERVER_URL"] == "https://hypha.aicell.io"
     denbi_operator = get(denbi, "bioengine", "deployment", "bioengine-operator-operator")
     assert denbi_operator["spec"]["template"]["spec"]["nodeSelector"] == {
         "bioengine.bioimage.io/pool": "cpu"
     }
-    assert not get(cluster, "bioengine", "deployment", "bioengine-operator-hypha")
+    # One Hypha hub: both bridges in one workspace of one server, told apart by cluster name,
+    # each with its worker service; no bundled server anywhere.
+    denbi_bridge = get(denbi, "bioengine", "deployment", "bioengine-operator-bridge")
+    envs = [env_of(gke_bridge), env_of(denbi_bridge)]
+    for key in ("HYPHA_SERVER_URL", "HYPHA_WORKSPACE", "BIOENGINE_WORKER_NAMESPACE"):
+        assert envs[0][key] == envs[1][key] != "", key
+    assert [e["BIOENGINE_CLUSTER_NAME"] for e in envs] == ["gke", "denbi"]
+    assert [e["BIOENGINE_BRIDGE_CLIENT_ID"] for e in envs] == [
+        "bioengine-bridge-gke",
+        "bioengine-bridge-denbi",
+    ]
+    for dev in (cluster, denbi):
+        assert not get(dev, "bioengine", "deployment", "bioengine-operator-hypha")
+        assert get(dev, "bioengine", "role", "bioengine-operator-worker")
+
+
+def test_the_worker_gets_exactly_its_namespaced_rules(helm_env: dict[str, str]) -> None:
+    """With the worker on, the bridge gets a Role in the worker's namespace only, for the
+    uploads' ConfigMaps and the deployed BioEngineApps, and its env names both."""
+    objects = [
+        o
+        for o in yaml.safe_load_all(
+            template(
+                helm_env,
+                *CONFIGURATIONS["shared-hub"],
+                "--set=bridge.worker.namespace=bioengine-apps",
+            )
+        )
+        if o
+    ]
+    role = next(
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-worker")
+    )
+    assert role["metadata"]["namespace"] == "bioengine-apps"
+    assert {(r["apiGroups"][0], r["resources"][0], tuple(r["verbs"])) for r in role["rules"]} == {
+        ("", "configmaps", ("list", "create", "patch", "delete")),
+        ("bioengine.bioimage.io", "bioengineapps", ("get", "list", "create", "patch", "delete")),
+        ("bioengine.bioimage.io", "bioenginedatasets", ("list",)),
+    }
+    bridge = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("bridge")
+    )
+    env = env_of(bridge)
+    assert env["BIOENGINE_CLUSTER_NAME"] == "gke"
+    assert env["BIOENGINE_BRIDGE_CLIENT_ID"] == "bioengine-bridge-gke"
+    assert env["BIOENGINE_WORKER_NAMESPACE"] == "bioengine-apps"
+    assert env["BIOENGINE_WORKER_ADMINS"] == "bioengine-admin@example.org"
+    # Without the worker: no Role, no write anywhere.
+    plain = [o for o in yaml.safe_load_all(template(helm_env, *BRIDGE)) if o]
+    assert not [o for o in plain if o["metadata"]["name"].endswith("-worker")]
 
 
 def uninstall_everywhere(helm_env: dict[str, str], kubeconfig: Path) -> None:

@@ -96,6 +96,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The bridge's Hypha client id: bridge.clientId, else bioengine-bridge[-<clusterName>]. */}}
+{{- define "bioengine-operator.bridge.clientId" -}}
+{{- if .Values.bridge.clientId -}}
+{{- .Values.bridge.clientId -}}
+{{- else -}}
+{{- join "-" (compact (list "bioengine-bridge" .Values.clusterName)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespace the worker service deploys apps to: worker.namespace, else the release's. */}}
+{{- define "bioengine-operator.worker.namespace" -}}
+{{- default .Release.Namespace .Values.bridge.worker.namespace -}}
+{{- end -}}
+
 {{/* "true" when the bridge is deployed: enabled and a Hypha server is known. */}}
 {{- define "bioengine-operator.bridge.deployed" -}}
 {{- if and .Values.bridge.enabled (include "bioengine-operator.bridge.serverUrl" .) -}}
