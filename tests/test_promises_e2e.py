@@ -240,3 +240,99 @@ def test_host_path_datasets_are_refused_unless_allowed(
     assert "/etc" in ready()["message"]
     wait_for_warning(cluster, namespace, "node-files", "HostPathNotAllowed")
     assert not get(cluster, namespace, "deployment", "node-files-dataset")
+
+
+# -- nothing silent ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (runner("q1", resources={"cpu": "lots"}), "spec.resources.cpu in body should match"),
+        (runner("q2", resources={"memory": -1}), "spec.resources.memory in body should be greater"),
+        (runner("ns1", nodeSelector={"bad key!": "x"}), "every nodeSelector key must be a label"),
+        (
+            runner("ns2", nodeSelector={"pool": "a b"}),
+            "spec.nodeSelector.pool in body should match",
+        ),
+        (
+            runner("t1", tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+            "a toleration with operator Exists takes no value",
+        ),
+        (
+            runner("t2", tolerations=[{"key": "k", "tolerationSeconds": 5}]),
+            "tolerationSeconds needs effect NoExecute",
+        ),
+        (runner("t3", tolerations=[{"value": "v"}]), "a toleration without a key must have"),
+        (runner("big", startupTimeoutSeconds=2**62), "spec.startupTimeoutSeconds: Invalid value"),
+        (runner("img", image=" tritonserver"), "spec.image in body should match"),
+        (runner("ann", podAnnotations={"a b": "x"}), "every podAnnotations key must be a label"),
+        (
+            runner("sp1", modelRepository={"pvc": {"claimName": "c", "subPath": "/etc"}}),
+            "spec.modelRepository.pvc.subPath in body should match",
+        ),
+        (
+            runner("sp2", modelRepository={"pvc": {"claimName": "c", "subPath": "a/../../b"}}),
+            "subPath must not contain '..'",
+        ),
+        (app("gpus", rayCluster={"head": {"resources": {"cpu": "1x"}}}), "cpu in body should"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v["metadata"]["name"],
+)
+def test_values_a_pod_could_not_take_are_refused_at_apply(
+    cluster: devcluster.DevCluster, namespace: str, obj: dict[str, Any], message: str
+) -> None:
+    refused = cluster.kubectl(
+        "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(obj), check=False
+    )
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+
+
+def test_a_child_the_api_server_refuses_is_reported_not_retried_silently(
+    cluster: devcluster.DevCluster, namespace: str
+) -> None:
+    """Pod annotations within every per-key limit, but over Kubernetes' 256 KiB in total: the
+    API server takes the ModelRunner and refuses its Deployments. The runner says so, with
+    the server's message, as a condition and a Warning Event; a good runner beside it is
+    reconciled as usual."""
+    heavy = {f"example.org/note-{i}": "x" * 4096 for i in range(64)}
+    apply(cluster, namespace, MODELS_CM, runner("light"))
+    # Created, not applied: kubectl apply would copy the whole object into an annotation
+    # of the runner itself, which is then over the limit first.
+    heavy_runner = runner("heavy", podAnnotations=heavy)
+    cluster.kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(heavy_runner))
+    wait_for(lambda: status(cluster, namespace, "mr", "light").get("phase") == "Ready", "light")
+
+    def refused() -> bool:
+        ready = condition(status(cluster, namespace, "mr", "heavy"), "Ready")
+        return ready.get("reason") == "ApplyFailed"
+
+    wait_for(refused, "ApplyFailed reported")
+    st = status(cluster, namespace, "mr", "heavy")
+    assert st["phase"] == "Failed"
+    message = condition(st, "Ready")["message"]
+    assert "the API server refused Deployment 'heavy-" in message
+    assert "may not be more than 262144 bytes" in message, message
+    wait_for_warning(cluster, namespace, "heavy", "ApplyFailed")
+    # Fixed by the user: it recovers without anyone restarting anything.
+    cluster.kubectl(
+        "-n", namespace, "patch", "mr", "heavy", "--type=json",
+        "-p", json.dumps([{"op": "remove", "path": "/spec/podAnnotations"}]),
+    )  # fmt: skip
+    wait_for(lambda: status(cluster, namespace, "mr", "heavy").get("phase") == "Ready", "fixed")
+
+
+def test_pods_that_cannot_be_scheduled_say_why_in_the_status(
+    cluster: devcluster.DevCluster, namespace: str
+) -> None:
+    apply(cluster, namespace, MODELS_CM, runner("nowhere", nodeSelector={"pool": "none"}))
+
+    def explained() -> bool:
+        ready = condition(status(cluster, namespace, "mr", "nowhere"), "Ready")
+        return "cannot be scheduled" in ready.get("message", "")
+
+    wait_for(explained, "the scheduler's reason in the status")
+    message = condition(status(cluster, namespace, "mr", "nowhere"), "Ready")["message"]
+    assert "didn't match Pod's node affinity/selector" in message, message
+    assert status(cluster, namespace, "mr", "nowhere")["phase"] == "Deploying"

@@ -17,6 +17,7 @@ from pydantic.config import JsonDict
 from bioengine_operator.api.base import (
     DNS_1035,
     DNS_LABEL,
+    IMAGE,
     Model,
     OneOf,
     Placement,
@@ -37,8 +38,8 @@ APP_NAME_MAX = 47
 
 
 class Autoscaling(Model):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas Ray Serve keeps.")
-    max_replicas: int = Field(1, ge=1, description="Most replicas Ray Serve may start.")
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas Ray Serve keeps.")
+    max_replicas: int = Field(1, ge=1, le=1000, description="Most replicas Ray Serve may start.")
     target_ongoing_requests: float | None = Field(
         None, gt=0, description="Ongoing requests per replica that Serve scales towards."
     )
@@ -60,7 +61,7 @@ class ClassOverride(Model):
         ),
     )
 
-    num_replicas: int | None = Field(None, ge=1, description="A fixed replica count.")
+    num_replicas: int | None = Field(None, ge=1, le=1000, description="A fixed replica count.")
     autoscaling: Autoscaling | None = Field(None, description="Replica autoscaling bounds.")
     init_kwargs: dict[str, Any] = Field(
         default_factory=dict,
@@ -162,9 +163,9 @@ class WorkerGroup(Placement):
     )
 
     name: str = Field(pattern=DNS_LABEL, max_length=40, description="Worker group name.")
-    replicas: int = Field(1, ge=0, description="Workers started initially.")
-    min_replicas: int = Field(0, ge=0, description="Fewest workers the autoscaler keeps.")
-    max_replicas: int = Field(1, ge=0, description="Most workers the autoscaler may add.")
+    replicas: int = Field(1, ge=0, le=1000, description="Workers started initially.")
+    min_replicas: int = Field(0, ge=0, le=1000, description="Fewest workers the autoscaler keeps.")
+    max_replicas: int = Field(1, ge=0, le=1000, description="Most workers the autoscaler may add.")
     resources: RayResources = Field(
         default_factory=RayResources, description="Resources of each worker pod."
     )
@@ -174,7 +175,9 @@ class RayClusterSpec(Model):
     ray_version: str = Field(
         DEFAULT_RAY_VERSION, description="Ray version of the image (KubeRay needs it)."
     )
-    image: str = Field(DEFAULT_RAY_IMAGE, description="Container image of every Ray pod.")
+    image: str = Field(
+        DEFAULT_RAY_IMAGE, pattern=IMAGE, description="Container image of every Ray pod."
+    )
     head: HeadGroup = Field(default_factory=HeadGroup, description="The Ray head pod.")
     worker_groups: list[WorkerGroup] = Field(
         default_factory=list, max_length=16, description="Worker pools, e.g. a GPU spot pool."
@@ -183,7 +186,10 @@ class RayClusterSpec(Model):
         True, description="Run KubeRay's in-tree autoscaler (scales workers with Serve load)."
     )
     idle_timeout_seconds: int = Field(
-        60, ge=0, description="Seconds an idle worker lives before the autoscaler removes it."
+        60,
+        ge=0,
+        le=86_400,
+        description="Seconds an idle worker lives before the autoscaler removes it.",
     )
 
 
@@ -305,6 +311,7 @@ class BioEngineAppSpec(AppManifest):
     init_timeout_seconds: int = Field(
         900,
         ge=10,
+        le=604_800,
         description="An app not Ready this long after a change is reported Stuck "
         "(condition and Event).",
     )

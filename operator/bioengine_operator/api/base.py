@@ -10,9 +10,17 @@ the API server checks at ``kubectl apply``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
@@ -22,11 +30,38 @@ GROUP = "bioengine.bioimage.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# A Kubernetes resource quantity ("500m", "4Gi", 2): int-or-string in the schema.
+# Kubernetes' quantity grammar (resource.Quantity), unsigned: requests are never negative.
+QUANTITY = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _quantity(value: int | str) -> int | str:
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{value} is negative")
+    if isinstance(value, str) and not re.match(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 4Gi)")
+    return value
+
+
+# A Kubernetes resource quantity ("500m", "4Gi", 2): int-or-string in the schema, checked
+# at apply (a bad one would otherwise reach the API server only inside a Pod template).
 Quantity = Annotated[
     int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    AfterValidator(_quantity),
+    Field(
+        json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY, "minimum": 0}
+    ),
 ]
+# Label and annotation keys (an optional DNS prefix, then a name of at most 63 characters)
+# and label values; "[.]" rather than an escaped dot, so the same text works inside CEL.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_PART = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+LABEL_KEY = rf"^({DNS_PART}([.]{DNS_PART})*/)?{LABEL_NAME}$"
+LABEL_VALUE = rf"^({LABEL_NAME})?$"
+# A container image reference: no spaces (the kubelet would refuse it only at pod start).
+IMAGE = r"^[^\s]+$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A DNS-1035 label: what a Service name (and so every name a Service is derived from) must be.
 DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -101,22 +136,90 @@ class OneOf(Model):
         return json_schema
 
 
+def sub_path(what: str) -> Any:
+    """A directory inside a volume: relative, never leaving it."""
+    return Field(
+        "",
+        pattern=r"^([^/].*)?$",
+        max_length=1024,
+        description=f"Directory inside the {what}; empty for its root.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!self.matches('(^|/)[.][.](/|$)')", "subPath must not contain '..'")
+            ]
+        },
+    )
+
+
 class SecretRef(Model):
     name: str = object_name("Name of a Secret in the resource's namespace.")
 
 
+def keys_rule(what: str) -> JsonDict:
+    """CEL on a map: every key a label/annotation key (a schema cannot check map keys)."""
+    return cel(
+        f"self.all(k, k.size() <= 317 && k.matches('{LABEL_KEY}'))",
+        f"every {what} key must be a label key: an optional DNS prefix and '/', then at most "
+        "63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+    )
+
+
+def check_keys(keys: Any, what: str) -> None:
+    for key in keys:
+        if len(key) > 317 or not re.match(LABEL_KEY, key):
+            raise ValueError(f"{what} key {key!r} is not a valid label key")
+
+
+TOLERATION_RULES = (
+    cel(
+        "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "a toleration with operator Exists takes no value",
+    ),
+    cel(
+        "has(self.key) && self.key != '' || self.operator == 'Exists'",
+        "a toleration without a key must have operator Exists",
+    ),
+    cel(
+        "!has(self.tolerationSeconds) || has(self.effect) && self.effect == 'NoExecute'",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+)
+
+
 class Toleration(Model):
-    key: str | None = Field(None, description="Taint key the toleration applies to.")
+    model_config = with_rules(*TOLERATION_RULES)
+
+    key: str | None = Field(
+        None, pattern=LABEL_KEY, max_length=317, description="Taint key the toleration applies to."
+    )
     operator: Literal["Exists", "Equal"] = Field(
         "Equal", description="Exists matches any value; Equal matches `value`."
     )
-    value: str | None = Field(None, description="Taint value to match when operator is Equal.")
+    value: str | None = Field(
+        None,
+        pattern=LABEL_VALUE,
+        max_length=63,
+        description="Taint value to match when operator is Equal.",
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+        None,
+        ge=0,
+        le=31_536_000,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key must have operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class Resources(Model):
@@ -124,16 +227,26 @@ class Resources(Model):
 
     cpu: Quantity = Field("1", description="CPU request and limit, e.g. 500m or 2.")
     memory: Quantity = Field("2Gi", description="Memory request and limit, e.g. 4Gi.")
-    gpu: int = Field(0, ge=0, description="NVIDIA GPUs (nvidia.com/gpu); 0 for CPU only.")
+    gpu: int = Field(0, ge=0, le=64, description="NVIDIA GPUs (nvidia.com/gpu); 0 for CPU only.")
 
 
 class Placement(Model):
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods must match (e.g. a GPU pool)."
+    node_selector: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the pods must match (e.g. a GPU pool).",
+        json_schema_extra={"x-kubernetes-validations": [keys_rule("nodeSelector")]},
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Taints the pods tolerate (e.g. GPU or spot taints)."
+        default_factory=list,
+        max_length=64,
+        description="Taints the pods tolerate (e.g. GPU or spot taints).",
     )
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> Placement:
+        check_keys(self.node_selector, "nodeSelector")
+        return self
 
 
 class ServiceSpec(Model):

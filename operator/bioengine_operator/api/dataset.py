@@ -9,12 +9,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from bioengine_operator.api.base import (
+    IMAGE,
     Model,
     OneOf,
     Placement,
     SecretRef,
     ServiceSpec,
     object_name,
+    sub_path,
 )
 
 PUBLIC = "*"
@@ -24,7 +26,7 @@ DATASET_NAME_MAX = 63 - len("-dataset")
 
 class PvcSource(Model):
     claim_name: str = object_name("PersistentVolumeClaim holding the dataset.")
-    sub_path: str = Field("", description="Directory inside the volume; empty for its root.")
+    sub_path: str = sub_path("volume")
 
 
 class HostPathSource(Model):
@@ -84,7 +86,9 @@ class BioEngineDatasetSpec(Placement):
     manifest: DatasetManifest = Field(description="Dataset metadata and access list.")
     replicas: int = Field(1, ge=1, le=8, description="Dataset server pods.")
     image: str | None = Field(
-        None, description="Dataset server image; defaults to the operator's own image."
+        None,
+        pattern=IMAGE,
+        description="Dataset server image; defaults to the operator's own image.",
     )
     service: ServiceSpec = Field(
         default_factory=ServiceSpec, description="Hypha service registration."

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from bioengine_operator.api.base import (
+    IMAGE,
     Model,
     OneOf,
     Placement,
@@ -19,7 +20,9 @@ from bioengine_operator.api.base import (
     SecretRef,
     ServiceSpec,
     cel,
+    keys_rule,
     object_name,
+    sub_path,
 )
 
 # The per-color Services are "<name>-blue" and "<name>-green": at most 63 characters.
@@ -58,7 +61,7 @@ class S3Repository(Model):
 
 class PvcRepository(Model):
     claim_name: str = object_name("PersistentVolumeClaim holding the model repository.")
-    sub_path: str = Field("", description="Directory inside the volume; empty for its root.")
+    sub_path: str = sub_path("volume")
 
 
 class ConfigMapRepository(Model):
@@ -81,7 +84,7 @@ class ModelRepository(OneOf):
 class ModelRunnerSpec(Placement):
     image: str | None = Field(
         None,
-        min_length=1,
+        pattern=IMAGE,
         description="Triton Inference Server image; unset uses the operator's default "
         f"(--triton-image, {DEFAULT_TRITON_IMAGE} unless the chart sets another), so an "
         "operator upgrade can move runners to a newer Triton, one color at a time.",
@@ -116,9 +119,11 @@ class ModelRunnerSpec(Placement):
             ]
         },
     )
-    pod_annotations: dict[str, str] = Field(
+    pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
+        max_length=64,
         description="Annotations added to every Triton pod (e.g. for metrics scraping).",
+        json_schema_extra={"x-kubernetes-validations": [keys_rule("podAnnotations")]},
     )
     color_anti_affinity: Literal["preferred", "required"] = Field(
         "preferred",
@@ -128,6 +133,7 @@ class ModelRunnerSpec(Placement):
     startup_timeout_seconds: int = Field(
         600,
         ge=10,
+        le=86_400,
         description="How long a pod may take to load its models before it is restarted.",
     )
     service: ServiceSpec = Field(

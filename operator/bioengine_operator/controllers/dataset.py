@@ -7,7 +7,7 @@ from typing import Any
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
 from bioengine_operator.builders import dataset as builder
 from bioengine_operator.builders import meta
-from bioengine_operator.controllers import kube
+from bioengine_operator.controllers import kube, pods
 from bioengine_operator.controllers.outcome import (
     Context,
     Outcome,
@@ -35,13 +35,18 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineDatasetSpec) ->
     ready_replicas = ((live or {}).get("status") or {}).get("readyReplicas", 0)
     ready = ready_replicas >= spec.replicas
     phase = "Ready" if ready else ("Degraded" if ready_replicas else "Deploying")
+    message = f"{ready_replicas}/{spec.replicas} dataset server pods ready"
+    if not ready:
+        message = pods.explained(
+            message, kube.list_("v1", "Pod", owner.namespace, builder.selector(owner))
+        )
     outcome = Outcome(
         common_status(
             body,
             ctx,
             ready=ready,
             reason="ServerReady" if ready else "WaitingForServer",
-            message=f"{ready_replicas}/{spec.replicas} dataset server pods ready",
+            message=message,
             phase=phase,
             summary=f"{ready_replicas}/{spec.replicas}",
         )

@@ -59,6 +59,25 @@ class NameConflict(Exception):
         self.kind, self.name, self.holder = kind, name, holder
 
 
+class Refused(Exception):
+    """The API server refused a child as the spec makes it (invalid, or not allowed): trying
+    again cannot help until the spec changes, so it is reported, not retried."""
+
+    STATUSES = (400, 403, 422)
+
+    def __init__(self, kind: str, name: str, status: int, message: str) -> None:
+        super().__init__(f"the API server refused {kind} {name!r} ({status}): {message}")
+        self.kind, self.name, self.status = kind, name, status
+
+
+def server_message(err: ApiException) -> str:
+    """The message of the API server's Status answer, else the raw body."""
+    try:
+        return str(json.loads(err.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(err.body or err.reason)[:1000]
+
+
 def configure(pool_size: int) -> None:
     """Size the connection pool to the number of reconcile workers (call before the first use).
 
@@ -179,19 +198,25 @@ def check_owner(live: Object | None, owner_uid: str) -> None:
 
 
 def apply(obj: Object, field_manager: str = FIELD_MANAGER) -> Object:
-    """Server-side apply ``obj`` as ``field_manager`` (the operator's), taking over conflicts."""
+    """Server-side apply ``obj`` as ``field_manager`` (the operator's), taking over conflicts;
+    :class:`Refused` when the API server will not take it as it is."""
     meta = obj["metadata"]
-    return _call(  # type: ignore[no-any-return]
-        "PATCH",
-        obj["apiVersion"],
-        obj["kind"],
-        meta["namespace"],
-        meta["name"],
-        # Serialized here: the client would ASCII-escape it (see the module docstring).
-        body=json.dumps(obj, ensure_ascii=False).encode(),
-        query=[("fieldManager", field_manager), ("force", "true")],
-        content_type="application/apply-patch+yaml",
-    )
+    try:
+        return _call(  # type: ignore[no-any-return]
+            "PATCH",
+            obj["apiVersion"],
+            obj["kind"],
+            meta["namespace"],
+            meta["name"],
+            # Serialized here: the client would ASCII-escape it (see the module docstring).
+            body=json.dumps(obj, ensure_ascii=False).encode(),
+            query=[("fieldManager", field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+    except ApiException as err:
+        if err.status in Refused.STATUSES:
+            raise Refused(obj["kind"], meta["name"], err.status, server_message(err)) from err
+        raise
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from bioengine_operator import bluegreen
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
 from bioengine_operator.builders import meta, triton
-from bioengine_operator.controllers import kube
+from bioengine_operator.controllers import kube, pods
 from bioengine_operator.controllers.outcome import Context, Outcome, common_status, with_spec
 
 Object = dict[str, Any]
@@ -115,8 +115,8 @@ def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
 
     names = {c: triton.deployment_name(owner, c) for c in bluegreen.COLORS}
     live = {c: kube.get("apps/v1", "Deployment", owner.namespace, n) for c, n in names.items()}
-    pods = kube.list_("v1", "Pod", owner.namespace, triton.selector(owner))
-    now = step(owner, spec, inputs, live, pods)
+    listed = kube.list_("v1", "Pod", owner.namespace, triton.selector(owner))
+    now = step(owner, spec, inputs, live, listed)
     outcome = Outcome({})
     for color, target in now.plan.targets.items():
         if (
@@ -134,7 +134,9 @@ def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
         ctx,
         ready=now.plan.phase == "Ready",
         reason=now.plan.reason,
-        message=now.plan.message,
+        message=now.plan.message
+        if now.plan.phase == "Ready"
+        else pods.explained(now.plan.message, listed),
         phase=now.plan.phase,
         summary=f"{ready}/{2 * spec.replicas}",
         extra_conditions=(

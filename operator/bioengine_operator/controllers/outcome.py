@@ -3,7 +3,8 @@
 A reconciler is ``(body, context) -> Outcome``: it reads and applies children itself but
 never touches the owner's status. :func:`run` writes the status only when it changed,
 posts an Event when the phase changes (and any the reconciler asked for), and turns a
-child name taken by another object into a ``NameConflict`` status. When to reconcile
+child name taken by another object into a ``NameConflict`` status, and a child the API
+server refuses into an ``ApplyFailed`` one (with the server's message). When to reconcile
 again (retries, resyncs, checks due later) is :mod:`bioengine_operator.controllers.loop`'s
 business.
 """
@@ -159,6 +160,9 @@ def run(
         outcome = reconciler(body, ctx)
     except kube.NameConflict as err:
         outcome = failed(body, ctx, "NameConflict", f"{err}; rename this {body['kind']}")
+    except kube.Refused as err:
+        # Not retried: the next change of the spec (or the resync) tries again.
+        outcome = failed(body, ctx, "ApplyFailed", f"{err}; change the spec")
     old = body.get("status") or {}
     changed = {k: v for k, v in outcome.status.items() if old.get(k) != v}
     written = None
