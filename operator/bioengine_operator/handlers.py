@@ -1,8 +1,10 @@
 """kopf handlers: thin glue from watch events to the reconcile loop.
 
 kopf watches our three kinds and the children the operator labelled as its own (Deployments,
-Services, PDBs, ConfigMaps, RayServices), and hands each event to
-:class:`~bioengine_operator.controllers.loop.Loop`, which decides what to reconcile when.
+Services, PDBs, ConfigMaps, RayServices), keeps the children in
+:data:`~bioengine_operator.controllers.kube.CACHE` for the reconcilers to read, and hands
+each event to :class:`~bioengine_operator.controllers.loop.Loop`, which decides what to
+reconcile when.
 Only event handlers are registered: kopf then needs no finalizer (it removes the one older
 operator versions added) and stores nothing on the objects.
 """
@@ -69,7 +71,14 @@ def register_all(settings: outcome.Settings, workers: int) -> loop.Loop:
         else:
             reconcile_loop.observe(dict(body))
 
-    async def child_event(body: kopf.Body, **_: Any) -> None:
+    async def child_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        child = dict(body)
+        if event.get("type") == "DELETED":
+            kube.CACHE.drop(child)
+        elif kube.CACHE.knows(child):
+            return  # the echo of the operator's own apply (cached from its answer)
+        else:
+            kube.CACHE.put(child)
         owner = owner_of(body)
         if owner is not None:
             reconcile_loop.child_changed(owner)

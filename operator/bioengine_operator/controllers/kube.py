@@ -3,7 +3,13 @@
 Children are written with server-side apply under one field manager: applying the same
 desired object twice is a no-op (the generation does not move), a field someone changed
 by hand is set back, and fields other controllers own (status, defaults) are left alone.
-That makes every reconcile idempotent without comparing objects ourselves.
+That makes every reconcile idempotent; comparing first only saves the writes.
+
+Reads of children come from :data:`CACHE` when the operator's watches have seen them (as
+client-go's listers do), and a child is applied only when it differs from what is live: its
+annotation holds a hash of what was last applied, and every field applied must still hold
+its value (a change by hand is set back). So a reconcile with nothing to do writes nothing,
+and the events of a busy cluster cost reads, not writes.
 
 Three rules keep user input from steering a request somewhere else:
 
@@ -18,6 +24,7 @@ Three rules keep user input from steering a request somewhere else:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import secrets
 import threading
@@ -78,22 +85,25 @@ def server_message(err: ApiException) -> str:
         return str(err.body or err.reason)[:1000]
 
 
-def configure(pool_size: int) -> None:
+def configure(pool_size: int, kubeconfig: str | None = None) -> None:
     """Size the connection pool to the number of reconcile workers (call before the first use).
 
     urllib3 otherwise keeps 4 connections per host, and busy workers log "Connection pool is
-    full" and reconnect for every request.
+    full" and reconnect for every request. ``kubeconfig``: a file to use instead of the
+    in-cluster account or ``KUBECONFIG`` (a benchmark's own cluster).
     """
     global _client
     with _client_lock:
-        _client = _new_client(pool_size)
+        _client = _new_client(pool_size, kubeconfig)
 
 
-def _new_client(pool_size: int) -> client.ApiClient:
+def _new_client(pool_size: int, kubeconfig: str | None = None) -> client.ApiClient:
     try:
+        if kubeconfig:
+            raise config.ConfigException("a kubeconfig file was given")
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(config_file=kubeconfig)
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)
@@ -146,7 +156,65 @@ def _call(
     return json.loads(response.data) if response.data else None
 
 
+APPLIED = "bioengine.bioimage.io/applied"  # annotation: hash of the child as last applied
+
+
+class Cache:
+    """The operator's children as its watches last saw them (without managedFields, which
+    only the API server needs). Filled by the operator's child watches; empty elsewhere,
+    where every read goes to the API server."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, str, str, str], Object] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(body: Object) -> tuple[str, str, str, str]:
+        meta = body["metadata"]
+        return (body["apiVersion"], body["kind"], meta.get("namespace", ""), meta["name"])
+
+    def put(self, body: Object) -> None:
+        """Remember ``body`` unless a newer version of it is known already."""
+        body = {**body, "metadata": {**body["metadata"], "managedFields": None}}
+        key = self._key(body)
+        with self._lock:
+            known = self._bodies.get(key)
+            if known is None or not _older(body, known):
+                self._bodies[key] = body
+
+    def knows(self, body: Object) -> bool:
+        """Whether this very version of ``body`` is cached already."""
+        with self._lock:
+            known = self._bodies.get(self._key(body))
+        version = body["metadata"].get("resourceVersion")
+        return known is not None and known["metadata"].get("resourceVersion") == version
+
+    def drop(self, body: Object) -> None:
+        with self._lock:
+            self._bodies.pop(self._key(body), None)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Object | None:
+        with self._lock:
+            return self._bodies.get((api_version, kind, namespace, name))
+
+
+def _older(body: Object, than: Object) -> bool:
+    """Whether ``body`` is an older version of the same object (resource versions are etcd
+    revisions here; anything else counts as newer)."""
+    try:
+        return int(body["metadata"]["resourceVersion"]) < int(than["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+CACHE = Cache()
+
+
 def get(api_version: str, kind: str, namespace: str, name: str) -> Object | None:
+    """The object from the cache of watched children, else from the API server (None: absent)."""
+    cached = CACHE.get(api_version, kind, namespace, name)
+    if cached is not None:
+        return cached
     try:
         return _call("GET", api_version, kind, namespace, name)  # type: ignore[no-any-return]
     except ApiException as err:
@@ -239,8 +307,9 @@ def apply_owned(
     read twice. On a name conflict none is applied; an API error while applying may leave
     the first ones applied (the next reconcile applies the rest).
     """
-    children = list(children)
+    children = [stamped(c) for c in children]
     known = known or {}
+    lives = []
     for child in children:
         key = (child["kind"], child["metadata"]["name"])
         live = (
@@ -249,8 +318,35 @@ def apply_owned(
             else get(child["apiVersion"], child["kind"], child["metadata"]["namespace"], key[1])
         )
         check_owner(live, owner_uid)
-    for child in children:
-        apply(child)
+        lives.append(live)
+    for child, live in zip(children, lives, strict=True):
+        if live is None or not holds(live, child):
+            CACHE.put(apply(child))
+
+
+def stamped(child: Object) -> Object:
+    """``child`` with the hash of itself in an annotation, so that a later apply of a
+    different child is seen even where it only drops a field."""
+    digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()[:16]
+    meta = child["metadata"]
+    annotations = {**(meta.get("annotations") or {}), APPLIED: digest}
+    return {**child, "metadata": {**meta, "annotations": annotations}}
+
+
+def holds(live: Any, want: Any) -> bool:
+    """Whether ``live`` still has every field of ``want`` with its value (lists item by
+    item); an empty or null field of ``want`` may be absent from ``live``."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(
+            holds(live[k], v) if k in live else v in ({}, [], None) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(holds(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return bool(live == want)
 
 
 def patch_status(api_version: str, kind: str, namespace: str, name: str, status: Object) -> Object:

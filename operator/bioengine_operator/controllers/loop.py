@@ -91,8 +91,11 @@ class Loop:
             # would only apply them again.
             self.forget(key)
             return
+        known = self.bodies.get(key)
         self.bodies[key] = body
         self.seen[key] = time.monotonic()
+        if known is not None and _version(known) == _version(body):
+            return  # the echo of our own status write: nothing new to reconcile
         self.queue.add(key)
 
     def forget(self, key: Key) -> None:
@@ -103,7 +106,9 @@ class Loop:
             outcome.forget(gone["metadata"]["uid"])
 
     def child_changed(self, owner: Key) -> None:
-        """A child of ``owner`` changed or went away: reconcile the owner (if we know it)."""
+        """A child of ``owner`` changed or went away: reconcile the owner (if we know it).
+        The echo of the operator's own write of a child is not a change: the handlers pass
+        those over (see ``handlers``)."""
         if owner in self.bodies:
             self.queue.add(owner)
 
@@ -211,6 +216,10 @@ class Loop:
             phase = str((body.get("status") or {}).get("phase") or "Unknown")
             counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
         return counts
+
+
+def _version(body: Mapping[str, Any]) -> str | None:
+    return body.get("metadata", {}).get("resourceVersion")  # type: ignore[no-any-return]
 
 
 def _describe(err: Exception) -> str:
