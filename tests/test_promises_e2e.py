@@ -45,6 +45,17 @@ def one_of_each(prefix: str) -> list[dict[str, Any]]:
     return [MODELS_CM, runner(f"{prefix}-mr"), app(f"{prefix}-app"), dataset(f"{prefix}-ds")]
 
 
+def assert_refused(
+    cluster: devcluster.DevCluster, namespace: str, obj: dict[str, Any], message: str
+) -> None:
+    """``kubectl apply`` of ``obj`` fails, and the API server's answer says ``message``."""
+    refused = cluster.kubectl(
+        "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(obj), check=False
+    )
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+
+
 def reconciled(cluster: devcluster.DevCluster, ns: str, kind: str, name: str) -> bool:
     return bool(status(cluster, ns, kind, name).get("phase"))
 
@@ -128,11 +139,7 @@ def test_the_finalizer_of_earlier_versions_is_removed(
 def test_names_that_cannot_be_used_are_refused_at_apply(
     cluster: devcluster.DevCluster, namespace: str, obj: dict[str, Any], message: str
 ) -> None:
-    refused = cluster.kubectl(
-        "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(obj), check=False
-    )
-    assert refused.returncode != 0
-    assert message in refused.stderr, refused.stderr
+    assert_refused(cluster, namespace, obj, message)
 
 
 @pytest.mark.parametrize(
@@ -282,11 +289,7 @@ def test_host_path_datasets_are_refused_unless_allowed(
 def test_values_a_pod_could_not_take_are_refused_at_apply(
     cluster: devcluster.DevCluster, namespace: str, obj: dict[str, Any], message: str
 ) -> None:
-    refused = cluster.kubectl(
-        "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(obj), check=False
-    )
-    assert refused.returncode != 0
-    assert message in refused.stderr, refused.stderr
+    assert_refused(cluster, namespace, obj, message)
 
 
 def test_a_child_the_api_server_refuses_is_reported_not_retried_silently(
