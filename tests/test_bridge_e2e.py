@@ -56,7 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeStack]:
         BridgeStack(tmp_path_factory.mktemp("bridge")) as running,
         register_logs(running.log_tails),
     ):
-        asyncio.run(wait_services(running, running.service_ids(), timeout=120))
+        asyncio.run(running.services_back(running.service_ids(), timeout=120))
         yield running
 
 
@@ -73,26 +73,6 @@ async def client(stack: BridgeStack, user: str | None) -> Any:
         if workspace:
             config["workspace"] = workspace
     return await connect_to_server(config)
-
-
-async def wait_services(stack: BridgeStack, ids: list[str], timeout: float) -> float:
-    """Seconds until alice can get and call every service in ``ids`` (fails past timeout)."""
-    started = time.monotonic()
-    while True:
-        try:
-            alice = await client(stack, "alice")
-            try:
-                for sid in ids:
-                    service = await alice.get_service(f"{WORKSPACE}/{sid}")
-                    if "get_status" in service:
-                        await service.get_status()
-            finally:
-                await alice.disconnect()
-            return time.monotonic() - started
-        except Exception as err:
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"services {ids} not back after {timeout}s: {err}") from err
-            await asyncio.sleep(0.25)
 
 
 def run(coro: Any) -> Any:
@@ -443,20 +423,20 @@ def test_loss_of_readiness_unregisters_and_recovery_registers(stack: BridgeStack
     simulate_rayservice_status(stack.cluster, NS, APP, False, "ZeroServeEndpoints")
     wait_for(lambda: not run(registered(stack, APP)), "app unregistered after losing readiness", 30)
     simulate_rayservice_status(stack.cluster, NS, APP, True, "NonZeroServeEndpoints")
-    run(wait_services(stack, [APP], timeout=30))
+    run(stack.services_back([APP], timeout=30))
 
 
 def test_hypha_restart_brings_services_back(stack: BridgeStack) -> None:
     stack.hypha.stop()
     stack.hypha.start()
-    seconds = run(wait_services(stack, stack.service_ids(), timeout=60))
+    seconds = run(stack.services_back(stack.service_ids(), timeout=60))
     print(f"services back {seconds:.1f}s after Hypha answered again")
 
 
 def test_bridge_restart_brings_services_back(stack: BridgeStack) -> None:
     stack.stop_bridge(kill=True)
     stack.start_bridge()
-    seconds = run(wait_services(stack, stack.service_ids(), timeout=60))
+    seconds = run(stack.services_back(stack.service_ids(), timeout=60))
     print(f"services back {seconds:.1f}s after the bridge restarted")
 
 
@@ -494,7 +474,7 @@ def restarted_bridge(
     finally:
         stack.stop_bridge()
         stack.start_bridge()
-        run(wait_services(stack, stack.service_ids(), timeout=60))
+        run(stack.services_back(stack.service_ids(), timeout=60))
 
 
 def test_an_app_that_never_answers_delays_no_other_service(stack: BridgeStack) -> None:
@@ -511,7 +491,7 @@ def test_an_app_that_never_answers_delays_no_other_service(stack: BridgeStack) -
         endpoint = {f"bioengineapp/{NS}/silent": f"http://127.0.0.1:{silent.port}/silent"}
         with restarted_bridge(stack, "--discovery-timeout=600", endpoints=endpoint):
             wait_for(lambda: silent.accepted, "the bridge asked the silent app")
-            run(wait_services(stack, stack.service_ids(), timeout=60))
+            run(stack.services_back(stack.service_ids(), timeout=60))
             assert silent.accepted[0].fileno() != -1  # its describe call is still waiting
             assert not run(registered(stack, "silent"))
     finally:
@@ -537,7 +517,7 @@ def test_large_reads_are_streamed_and_read_file_is_bounded(stack: BridgeStack) -
             await alice.disconnect()
 
     with restarted_bridge(stack, "--max-read-bytes=16"):
-        run(wait_services(stack, stack.service_ids(), timeout=60))
+        run(stack.services_back(stack.service_ids(), timeout=60))
         run(scenario())
         # The HTTP route streams too, with no limit: a zarr chunk file passes whole.
         chunk = (stack.workdir / "dataset" / "hela.zarr" / "c" / "0" / "0").read_bytes()

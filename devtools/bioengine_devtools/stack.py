@@ -19,6 +19,7 @@ network.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -28,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 import zarr
+from hypha_rpc import connect_to_server
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process, tools
@@ -450,6 +453,29 @@ class BridgeStack:
         ids = [RUNNER, DATASET, f"{DATASET}-files"] if self.examples else []
         apps = [APP, COMPOSED, TILES, f"{TILES}-ui"] if self.examples else []
         return [*apps, *ids] if self.with_app else ids
+
+    async def services_back(self, ids: list[str], timeout: float) -> float:
+        """Seconds until alice, a member of the workspace, can get and call every service in
+        ``ids`` (each one's ``get_status`` where it has one); TimeoutError past ``timeout``."""
+        assert self.hypha is not None
+        started = time.monotonic()
+        token = self.hypha.token("alice", "alice@example.org", WORKSPACE, "read")
+        config = {"server_url": self.hypha.url, "token": token, "workspace": WORKSPACE}
+        while True:
+            try:
+                alice = await connect_to_server({**config, "method_timeout": 30})
+                try:
+                    for sid in ids:
+                        service = await alice.get_service(f"{WORKSPACE}/{sid}")
+                        if "get_status" in service:
+                            await service.get_status()
+                finally:
+                    await alice.disconnect()
+                return time.monotonic() - started
+            except Exception as err:
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"services {ids} not back after {timeout}s: {err}") from err
+                await asyncio.sleep(0.25)
 
     def log_tails(self) -> str:
         logs = sorted(self.workdir.glob("*.log")) + sorted(self.cluster.logs.glob("*.log"))
