@@ -40,7 +40,7 @@ from typing import Any
 
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process
-from bioengine_devtools.chaos import CHILDREN, MODELS
+from bioengine_devtools.chaos import CHILDREN, MODELS, reported
 from bioengine_operator.api.base import API_VERSION
 from bioengine_operator.controllers import kube, outcome
 from bioengine_operator.handlers import RECONCILERS
@@ -103,11 +103,8 @@ def converged(namespace: str, objects: list[dict[str, Any]]) -> bool:
         found = kube.list_(api_version, kind, namespace, {})
         listed[(api_version, kind)] = {o["metadata"]["name"] for o in found}
     for kind in CHILDREN:
-        for body in kube.list_(API_VERSION, kind, namespace, {}):
-            status = body.get("status") or {}
-            current = status.get("observedGeneration") == body["metadata"]["generation"]
-            if not (status.get("phase") and current):
-                return False
+        if not all(reported(b) for b in kube.list_(API_VERSION, kind, namespace, {})):
+            return False
     for obj in objects:
         for api_version, kind, suffix in CHILDREN.get(obj["kind"], []):
             if obj["metadata"]["name"] + suffix not in listed[(api_version, kind)]:

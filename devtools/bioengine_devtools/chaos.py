@@ -203,7 +203,8 @@ class FuzzResult:
     good_seconds: float = 0.0
 
 
-def _reported(body: Object) -> bool:
+def reported(body: Object) -> bool:
+    """Whether the operator wrote a phase for the resource's current generation."""
     status = body.get("status") or {}
     return bool(status.get("phase")) and status.get("observedGeneration") == body["metadata"].get(
         "generation"
@@ -237,13 +238,13 @@ def fuzz(
 
     def everyone_reported() -> bool:
         bodies = {b["metadata"]["name"]: b for k in CHILDREN for b in cluster.list(k)}
-        return all(_reported(bodies[n]) for n in accepted if n in bodies)
+        return all(reported(bodies[n]) for n in accepted if n in bodies)
 
     with contextlib.suppress(TimeoutError):  # who was not reported is counted below
         procs.wait_for(everyone_reported, "every accepted resource reported", timeout)
     bodies = {b["metadata"]["name"]: b for k in CHILDREN for b in cluster.list(k)}
-    result.reported = sum(1 for n in accepted if n in bodies and _reported(bodies[n]))
-    result.silent = sorted(n for n in accepted if n not in bodies or not _reported(bodies[n]))
+    result.reported = sum(1 for n in accepted if n in bodies and reported(bodies[n]))
+    result.silent = sorted(n for n in accepted if n not in bodies or not reported(bodies[n]))
     assert operator.proc is not None and operator.proc.pid == pid, "the operator restarted"
     assert operator.proc.poll() is None, "the operator exited"
     # A good resource beside all of that is reconciled as usual.
@@ -390,7 +391,7 @@ def check(cluster: Cluster, alive: dict[str, str], result: ChurnResult) -> None:
     for name in sorted(alive):
         body = bodies.get(name)
         phase = ((body or {}).get("status") or {}).get("phase")
-        if body is None or phase not in FINAL or not _reported(body):
+        if body is None or phase not in FINAL or not reported(body):
             result.stuck.append(f"{alive[name]} {name}: {phase or 'no status'}")
 
 

@@ -53,6 +53,11 @@ def service_id(cluster_name: str) -> str:
     return f"{SERVICE_TYPE}-{cluster_name}" if cluster_name else SERVICE_TYPE
 
 
+def serve_status(body: dict[str, Any]) -> str:
+    """Serve's name for the state of a BioEngineApp (``DEPLOYING`` before it has a phase)."""
+    return STATUS_OF_PHASE.get((body.get("status") or {}).get("phase") or "Pending", "DEPLOYING")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -284,7 +289,7 @@ class Worker:
         ready = next((c for c in conditions if c.get("type") == "Ready"), {})
         name = meta["name"]
         answer: dict[str, Any] = {
-            "status": STATUS_OF_PHASE.get(status.get("phase") or "Pending", "DEPLOYING"),
+            "status": serve_status(body),
             "message": ready.get("message", ""),
             "phase": status.get("phase"),
             "display_name": body["spec"].get("name"),
@@ -327,7 +332,8 @@ class Worker:
             replicas = info.get("replicas") or []
             counts: dict[str, int] = {}
             for replica in replicas:
-                counts[replica.get("state", "UNKNOWN")] = counts.get(replica.get("state"), 0) + 1
+                state = replica.get("state", "UNKNOWN")
+                counts[state] = counts.get(state, 0) + 1
             entry: dict[str, Any] = {
                 "status": info.get("status"),
                 "message": info.get("message", ""),
@@ -380,9 +386,7 @@ class Worker:
             "uploaded_apps": sorted({s.artifact_id(self.workspace) for s in await self._uploads()}),
             "bioengine_apps": {
                 name: {
-                    "status": STATUS_OF_PHASE.get(
-                        (b.get("status") or {}).get("phase") or "Pending", "DEPLOYING"
-                    ),
+                    "status": serve_status(b),
                     "artifact_id": (b["metadata"].get("annotations") or {}).get(uploads.ARTIFACT),
                 }
                 for name, b in sorted(apps.items())
