@@ -36,6 +36,25 @@ def test_a_key_waits_once_and_is_never_processed_twice_at_once() -> None:
     asyncio.run(scenario())
 
 
+def test_urgent_keys_go_first_and_a_key_is_still_handed_out_once() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue()
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        queue.add("c", urgent=True)  # already waiting: moves ahead, still once
+        queue.add("d", urgent=True)
+        queue.add("a", urgent=False)  # no effect: waiting already
+        got = [await queue.get() for _ in range(4)]
+        assert got == ["c", "d", "a", "b"]
+        for key in got:
+            queue.done(key)
+        assert len(queue) == 0
+        with pytest.raises(TimeoutError):  # the stale entry of "c" hands nothing out
+            await asyncio.wait_for(queue.get(), timeout=0.05)
+
+    asyncio.run(scenario())
+
+
 def test_add_after_keeps_the_earliest_time_and_backoff_grows() -> None:
     async def scenario() -> None:
         queue: WorkQueue[str] = WorkQueue(backoff=(0.01, 0.5))

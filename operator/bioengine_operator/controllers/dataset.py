@@ -38,7 +38,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineDatasetSpec) ->
     message = f"{ready_replicas}/{spec.replicas} dataset server pods ready"
     if not ready:
         message = pods.explained(
-            message, kube.list_("v1", "Pod", owner.namespace, builder.selector(owner))
+            message, kube.list_("v1", "Pod", owner.namespace, builder.selector(owner), recent=True)
         )
     outcome = Outcome(
         common_status(

@@ -223,10 +223,24 @@ def get(api_version: str, kind: str, namespace: str, name: str) -> Object | None
         raise
 
 
-def list_(api_version: str, kind: str, namespace: str, selector: Mapping[str, str]) -> list[Object]:
-    """Objects of ``kind`` in ``namespace`` whose labels match ``selector`` (all equal)."""
+def list_(
+    api_version: str,
+    kind: str,
+    namespace: str,
+    selector: Mapping[str, str],
+    *,
+    recent: bool = False,
+) -> list[Object]:
+    """Objects of ``kind`` in ``namespace`` whose labels match ``selector`` (all equal).
+
+    ``recent``: from the API server's watch cache (``resourceVersion=0``), which may be a
+    moment behind, as an informer's lister is. A quorum read goes to etcd, which reads every
+    object of the kind in the namespace to filter them by label: at hundreds of pods per
+    namespace, the pod lists of every reconcile were most of the API server's work.
+    """
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-    found = _call("GET", api_version, kind, namespace, query=[("labelSelector", label_selector)])
+    query = [("labelSelector", label_selector)] + ([("resourceVersion", "0")] if recent else [])
+    found = _call("GET", api_version, kind, namespace, query=query)
     return list(found.get("items") or [])
 
 

@@ -3,7 +3,9 @@
 kopf delivers watch events (our three kinds, and the children we label); this module keeps
 the latest body of every object and a :class:`~.workqueue.WorkQueue` of keys to reconcile:
 
-* an event about an object, or about one of its children, queues the object;
+* an event about an object queues the object, ahead of the others if its status does not
+  describe its spec yet (new or changed); one about its children queues it a second later
+  (the rest of the burst comes in the meantime);
 * every ``resync_seconds`` every object is queued again: drift nothing told us about, a
   missing ConfigMap created since, time-based checks;
 * a reconciler may ask to be called again at a given time (an app becoming Stuck);
@@ -38,6 +40,8 @@ from bioengine_operator.controllers.workqueue import WorkQueue
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # kind, namespace, name
+
+CHILD_SETTLE = 1.0  # seconds a child event waits for the rest of its burst
 
 RECONCILES = prometheus_client.Counter(
     "bioengine_operator_reconciles",
@@ -96,7 +100,7 @@ class Loop:
         self.seen[key] = time.monotonic()
         if known is not None and _version(known) == _version(body):
             return  # the echo of our own status write: nothing new to reconcile
-        self.queue.add(key)
+        self.queue.add(key, urgent=not _reported(body))
 
     def forget(self, key: Key) -> None:
         gone = self.bodies.pop(key, None)
@@ -106,11 +110,14 @@ class Loop:
             outcome.forget(gone["metadata"]["uid"])
 
     def child_changed(self, owner: Key) -> None:
-        """A child of ``owner`` changed or went away: reconcile the owner (if we know it).
+        """A child of ``owner`` changed or went away: reconcile the owner (if we know it)
+        :data:`CHILD_SETTLE` seconds from now, so that a burst of child events (a rollout
+        moves two Deployments, their PDB and the pods' counts through several statuses)
+        causes one reconcile, and objects whose spec changed go first.
         The echo of the operator's own write of a child is not a change: the handlers pass
         those over (see ``handlers``)."""
         if owner in self.bodies:
-            self.queue.add(owner)
+            self.queue.add_after(owner, CHILD_SETTLE)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -216,6 +223,12 @@ class Loop:
             phase = str((body.get("status") or {}).get("phase") or "Unknown")
             counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
         return counts
+
+
+def _reported(body: Mapping[str, Any]) -> bool:
+    """Whether the status describes the object's current spec (its generation)."""
+    status = body.get("status") or {}
+    return bool(status.get("observedGeneration") == body["metadata"].get("generation"))
 
 
 def _version(body: Mapping[str, Any]) -> str | None:

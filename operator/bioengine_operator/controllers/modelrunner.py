@@ -115,7 +115,7 @@ def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
 
     names = {c: triton.deployment_name(owner, c) for c in bluegreen.COLORS}
     live = {c: kube.get("apps/v1", "Deployment", owner.namespace, n) for c, n in names.items()}
-    listed = kube.list_("v1", "Pod", owner.namespace, triton.selector(owner))
+    listed = kube.list_("v1", "Pod", owner.namespace, triton.selector(owner), recent=True)
     now = step(owner, spec, inputs, live, listed)
     outcome = Outcome({})
     for color, target in now.plan.targets.items():

@@ -5,6 +5,9 @@
   reconcile per object rather than one per child).
 * A key is never processed by two workers at once. A key added while it is being processed
   is queued again when its worker calls :meth:`WorkQueue.done`, so no event is lost.
+* A key added ``urgent`` (an object whose spec nobody has reconciled yet) goes before the
+  others, so that a new or changed object is not kept waiting behind a crowd of re-checks
+  (resyncs, children's status changes) of objects that are in place already.
 * :meth:`WorkQueue.add_after` queues a key later (retries, and checks due at a known time such
   as an app becoming Stuck); :meth:`WorkQueue.backoff` grows the delay per key on repeated
   failures and :meth:`WorkQueue.forget` resets it.
@@ -15,18 +18,22 @@ Everything runs on one asyncio loop; the methods are not thread-safe and need no
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 DEFAULT_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+URGENT, NORMAL = 0, 1
 
 
 class WorkQueue(Generic[K]):
     def __init__(self, backoff: Sequence[float] = DEFAULT_BACKOFF) -> None:
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
-        self._dirty: set[K] = set()  # waiting to be processed
+        # (priority, order, key); entries whose priority no longer matches _dirty are stale
+        self._queue: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._dirty: dict[K, int] = {}  # waiting to be processed, with its priority
         self._processing: set[K] = set()
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
@@ -35,12 +42,16 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._dirty)
 
-    def add(self, key: K) -> None:
-        if key in self._dirty:
+    def add(self, key: K, urgent: bool = False) -> None:
+        priority = URGENT if urgent else NORMAL
+        if self._dirty.get(key, NORMAL + 1) <= priority:
             return
-        self._dirty.add(key)
+        self._dirty[key] = priority
         if key not in self._processing:
-            self._queue.put_nowait(key)
+            self._put(key)
+
+    def _put(self, key: K) -> None:
+        self._queue.put_nowait((self._dirty[key], next(self._order), key))
 
     def add_after(self, key: K, delay: float) -> None:
         """Queue ``key`` in ``delay`` seconds; an earlier pending time for it wins."""
@@ -79,12 +90,15 @@ class WorkQueue(Generic[K]):
         self._failures.pop(key, None)
 
     async def get(self) -> K:
-        key = await self._queue.get()
-        self._dirty.discard(key)
+        while True:
+            priority, _, key = await self._queue.get()
+            if self._dirty.get(key) == priority and key not in self._processing:
+                break  # else stale: queued again since, or being processed
+        del self._dirty[key]
         self._processing.add(key)
         return key
 
     def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._queue.put_nowait(key)
+            self._put(key)
