@@ -42,7 +42,19 @@ FAILOVER_STATUSES = {
     "StatusCode.UNKNOWN",
     "StatusCode.DEADLINE_EXCEEDED",
 }
-UNLIMITED_MESSAGES = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+# A Triton shutting down (its pod being replaced) unloads its models first and answers
+# "unknown model" for a second or two: the other color is asked too, and only when every
+# color says so is it the caller's error.
+NOT_FOUND = "StatusCode.NOT_FOUND"
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # gRPC waits up to 2 minutes between reconnects to a server that was down; a color back
+    # after a rollout step must be used within a second, before the other color is replaced.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 FAILOVERS = prometheus_client.Counter(
     "bioengine_bridge_failovers",
     "Model runner calls that one color did not answer and were sent to the other.",
@@ -64,8 +76,7 @@ class TritonPair:
         self.targets = list(targets)
         self.call_timeout = call_timeout
         self._clients = {
-            t: triton_grpc.InferenceServerClient(t, channel_args=UNLIMITED_MESSAGES)
-            for t in self.targets
+            t: triton_grpc.InferenceServerClient(t, channel_args=CHANNEL_ARGS) for t in self.targets
         }
         self._turn = itertools.count()
         # Output names per (model, version): asked once, not on every call (a round trip).
@@ -81,17 +92,22 @@ class TritonPair:
 
     async def _each(self, call: Any) -> Any:
         errors = []
+        not_found: list[InferenceServerException] = []
         for target in self._order():
             try:
                 return await call(self._clients[target])
             except InferenceServerException as err:
-                if str(err.status()) not in FAILOVER_STATUSES:
+                if str(err.status()) == NOT_FOUND:
+                    not_found.append(err)
+                elif str(err.status()) not in FAILOVER_STATUSES:
                     raise BackendError(err.message()) from err
                 errors.append(f"{target}: {err.status()}")
                 FAILOVERS.inc()
                 logger.info(
                     "triton %s unavailable (%s); trying the other color", target, err.status()
                 )
+        if len(not_found) == len(self.targets):
+            raise BackendError(not_found[0].message()) from not_found[0]
         raise BackendUnavailable(f"no model runner color answered: {'; '.join(errors)}")
 
     async def infer(

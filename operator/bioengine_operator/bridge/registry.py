@@ -147,9 +147,11 @@ class Registry:
             return
         self._tasks[key] = asyncio.create_task(self._converge(key), name=f"register {key}")
 
-    async def run(self, prune_every: int = 12) -> None:
-        """Open the HTTP session and retry what has not converged, every few seconds; now
-        and then, drop resources deleted while the watch was reconnecting."""
+    async def run(self, prune_every: int = 2) -> None:
+        """Open the HTTP session and retry what has not converged, every few seconds; every
+        ``prune_every`` rounds, drop resources deleted while the watch was reconnecting (a
+        re-list after an API server restart reports what exists, not what went away, so
+        their services would stay in Hypha until then)."""
         self.session = aiohttp.ClientSession()
         try:
             for round_ in itertools.count(1):
