@@ -16,6 +16,13 @@ client, ``--workers`` at a time):
   through the same client, without the watches, queue and re-reconciles an operator needs.
   That is the limit the operator can approach.
 
+Everything shares this machine's cores: the cluster's own controllers making the pods of
+the Deployments compete with what is measured. They start on the baseline's Deployments as
+they appear but finish most of that work after the baseline's clock stops, while the
+operator's run, longer, carries more of its own. So the table also gives the time until
+every pod is Ready as well (both runs then include all of the controllers' work), the CPU
+seconds each process used during each run, and every client's requests.
+
 Also reported: API requests per object (from the API server's audit log, by user agent),
 the operator's and the bridge's resident memory with everything in place (the bridge
 watches without a Hypha server to register with), and the operator's requests per minute
@@ -97,14 +104,17 @@ def apply_all(objects: list[dict[str, Any]], workers: int) -> list[dict[str, Any
 
 
 def converged(namespace: str, objects: list[dict[str, Any]]) -> bool:
-    """Every child exists and every resource reports a phase for its current generation."""
+    """Every child exists and every resource reports a phase for its current generation.
+
+    Statuses first, and the children only once every status is reported: polling must cost
+    the API server little, as it shares the machine with what it measures."""
+    for kind in CHILDREN:
+        if not all(reported(b) for b in kube.list_(API_VERSION, kind, namespace, {}, recent=True)):
+            return False
     listed: dict[tuple[str, str], set[str]] = {}
     for api_version, kind, _ in {c for children in CHILDREN.values() for c in children}:
-        found = kube.list_(api_version, kind, namespace, {})
+        found = kube.list_(api_version, kind, namespace, {}, recent=True)
         listed[(api_version, kind)] = {o["metadata"]["name"] for o in found}
-    for kind in CHILDREN:
-        if not all(reported(b) for b in kube.list_(API_VERSION, kind, namespace, {})):
-            return False
     for obj in objects:
         for api_version, kind, suffix in CHILDREN.get(obj["kind"], []):
             if obj["metadata"]["name"] + suffix not in listed[(api_version, kind)]:
@@ -128,6 +138,21 @@ def settled(namespace: str) -> bool:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used so far (its own threads, not children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> str:
+    used = {name: after[name] - before[name] for name in before}
+    return ", ".join(f"{name} {s:.0f}" for name, s in sorted(used.items(), key=lambda i: -i[1]))
+
+
 def audit_lines(dev: devcluster.DevCluster) -> int:
     return len(dev.audit_log.read_text().splitlines())
 
@@ -144,6 +169,17 @@ def requests(
             sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
             counted[(event["verb"], ref.get("resource", "") + sub)] += 1
     return counted
+
+
+def by_client(dev: devcluster.DevCluster, since: int, until: int) -> str:
+    """Every client's requests in the window (the operator's, the cluster's own controllers'
+    making pods for its Deployments, the benchmark's polling), per object."""
+    counted: Counter[str] = Counter()
+    for line in dev.audit_log.read_text().splitlines()[since:until]:
+        event = json.loads(line)
+        if event.get("stage") == "ResponseComplete":
+            counted[event.get("userAgent", "").split("/")[0] or "?"] += 1
+    return ", ".join(f"{who} {n}" for who, n in counted.most_common(6))
 
 
 def by_verb(counted: Counter[tuple[str, str]]) -> Counter[str]:
@@ -204,18 +240,23 @@ def main() -> None:
 
             # The baseline first, on a quiet control plane.
             objects = resources("direct", args.apps, args.runners, args.datasets)
-            began = time.monotonic()
+            watched = {**dev.pids, "bench": os.getpid()}
+            start_line, began, cpu_before = audit_lines(dev), time.monotonic(), cpu_of(watched)
             direct_requests = direct(dev, objects, args.workers, settings)
             direct_s = time.monotonic() - began
+            direct_cpu = cpu_used(cpu_before, cpu_of(watched))
+            direct_clients = by_client(dev, start_line, audit_lines(dev))
             assert converged("direct", objects), "the direct writes left something out"
             # The cluster's own controllers finish with the baseline's Deployments first, so
             # that they do not compete with the operator's run.
             procs.wait_for(lambda: deployments_done("direct"), "baseline pods", args.timeout)
+            direct_pods_s = time.monotonic() - began
 
             operator = operator_process.OperatorProcess(
                 dev,
                 work / "operator.log",
                 resync_seconds=30,
+                verbose=False,
                 extra_args=(
                     "--log-format=json",
                     f"--workers={args.workers}",
@@ -229,7 +270,10 @@ def main() -> None:
             with operator:
                 try:
                     objects = resources("operator", args.apps, args.runners, args.datasets)
+                    assert operator.proc is not None
+                    watched = {**dev.pids, "operator": operator.proc.pid, "bench": os.getpid()}
                     start_line, began = audit_lines(dev), time.monotonic()
+                    cpu_before = cpu_of(watched)
                     apply_all(objects, args.workers)
                     procs.wait_for(
                         lambda: converged("operator", objects),
@@ -238,8 +282,13 @@ def main() -> None:
                         interval=1.0,
                     )
                     operator_s = time.monotonic() - began
+                    operator_cpu = cpu_used(cpu_before, cpu_of(watched))
+                    operator_clients = by_client(dev, start_line, audit_lines(dev))
                     operator_requests = requests(dev, start_line, audit_lines(dev), operator_agent)
-                    assert operator.proc is not None
+                    procs.wait_for(
+                        lambda: deployments_done("operator"), "operator's pods", args.timeout
+                    )
+                    operator_pods_s = time.monotonic() - began
                     operator_rss = procs.rss_bytes([operator.proc.pid])
                     # Started now, so that it does not compete with the timed run; it lists
                     # everything when it starts.
@@ -275,6 +324,9 @@ def main() -> None:
         verbs = ", ".join(f"{v} {n / count:.1f}" for v, n in by_verb(counted).most_common())
         return f"{total / count:.1f} ({verbs})"
 
+    def top(counted: Counter[tuple[str, str]]) -> str:
+        return ", ".join(f"{v} {r} {n / count:.2f}" for (v, r), n in counted.most_common(8))
+
     def per_minute(counted: Counter[tuple[str, str]], writes: bool) -> str:
         chosen = Counter({k: n for k, n in counted.items() if (k[0] in WRITES) == writes})
         top = ", ".join(f"{v} {r} {n / minutes:.0f}" for (v, r), n in chosen.most_common(3))
@@ -285,8 +337,18 @@ def main() -> None:
         ("direct writes, no operator (baseline)", f"{direct_s:.1f} s"),
         ("operator, apply → all children and statuses", f"{operator_s:.1f} s"),
         ("ratio operator / direct", f"{operator_s / direct_s:.2f}"),
+        (
+            "until every pod is Ready too, direct / operator",
+            f"{direct_pods_s:.1f} s / {operator_pods_s:.1f} s, "
+            f"ratio {operator_pods_s / direct_pods_s:.2f}",
+        ),
+        ("CPU seconds, direct run", direct_cpu),
+        ("CPU seconds, operator run", operator_cpu),
+        ("all requests in the direct run, by client", direct_clients),
+        ("all requests in the operator run, by client", operator_clients),
         ("API requests per object, direct", per_object(direct_requests)),
         ("API requests per object, operator", per_object(operator_requests)),
+        ("operator requests, most frequent", top(operator_requests)),
         ("operator RSS", f"{operator_rss / 2**20:.0f} MiB"),
         ("bridge RSS (watching, no Hypha)", f"{bridge_rss / 2**20:.0f} MiB"),
         ("operator writes per minute, steady", per_minute(steady, writes=True)),

@@ -39,6 +39,7 @@ class OperatorProcess:
     log: Path
     resync_seconds: float = 2.0
     extra_args: tuple[str, ...] = ()
+    verbose: bool = True  # debug logs (tests read them); benchmarks run as the chart does
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
 
@@ -59,7 +60,7 @@ class OperatorProcess:
                 sys.executable,
                 "-m",
                 "bioengine_operator.cli",
-                "--verbose",
+                *(["--verbose"] if self.verbose else []),
                 "--log-format=json",
                 f"--liveness=http://127.0.0.1:{port}/healthz",
                 f"--metrics-address=127.0.0.1:{self.metrics_port}",
