@@ -109,15 +109,7 @@ async def hypha_rows(
     echo_workspace: str,
 ) -> list[Row]:
     rows: list[Row] = []
-    token = stack.hypha.token("bench", "bench@example.org", WORKSPACE, "read")
-    caller = await connect_to_server(
-        {
-            "server_url": stack.hypha.url,
-            "token": token,
-            "workspace": WORKSPACE,
-            "method_timeout": 120,
-        }
-    )
+    caller = await stack.member("bench", method_timeout=120)
     echo_service = await caller.get_service(f"{echo_workspace}/echo")
     runner = await caller.get_service(f"{WORKSPACE}/{RUNNER}")
 
@@ -195,7 +187,7 @@ def main() -> None:
         )
         proxy.start()
         try:
-            asyncio.run(_wait_registered(stack))
+            asyncio.run(stack.services_back([RUNNER], timeout=120))
             rows: list[Row] = []
             for payload, x in PAYLOADS.items():
                 rows.append(
@@ -223,25 +215,6 @@ def main() -> None:
         finally:
             proxy.stop()
     table(rows)
-
-
-async def _wait_registered(stack: BridgeStack) -> None:
-    token = stack.hypha.token("bench", "bench@example.org", WORKSPACE, "read")
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            caller = await connect_to_server(
-                {"server_url": stack.hypha.url, "token": token, "workspace": WORKSPACE}
-            )
-            try:
-                await caller.get_service(f"{WORKSPACE}/{RUNNER}")
-                return
-            finally:
-                await caller.disconnect()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 if __name__ == "__main__":

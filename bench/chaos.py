@@ -1,7 +1,8 @@
 """Chaos scenarios with their full counts, each printing its figure.
 
     .venv/bin/python bench/chaos.py [--kills 50] [--resources 200] [--fuzz 1000]
-                                    [--hypha-restarts 10] [--seed 0]
+                                    [--hypha-restarts 10] [--apiserver-restarts 5]
+                                    [--etcd-restarts 1] [--rollouts 10] [--seed 0]
 
 On a local control plane (kwok pods) with the real operator process:
 
@@ -12,20 +13,34 @@ On a local control plane (kwok pods) with the real operator process:
 * **Hypha restarted** ``--hypha-restarts`` times under the bridge (the bridge stack with a
   model runner on two real Tritons and a dataset server; no Ray): seconds from Hypha
   answering again until every service can be got and called again, per restart.
+* **the control plane restarted**: kube-apiserver ``--apiserver-restarts`` times and etcd
+  ``--etcd-restarts`` times (each down 2 s) under the bridge stack's running operator and
+  bridge: after each, seconds until a runner created then has a status for its spec (the
+  operator's watches are back), until the one deleted then has left Hypha (the bridge's),
+  and until the new one is Ready and callable (this waits for the cluster's own
+  controllers too); whether either process had to be restarted.
+* **updates rolled out under load**: ``--rollouts`` spec updates of the bridge stack's
+  runner, each rolled out while four callers keep calling ``infer`` through Hypha and the
+  bridge, and one color's Triton is SIGKILLed at a random moment (the kwok pods get their
+  readiness from a simulated kubelet over the two real Tritons): failed calls (goal 0),
+  the most runner pods at once against both colors' replicas, and the median seconds from
+  an update to both colors serving it.
 * **generated resources**: ``--fuzz`` resources, half generated from the CRD schemas
   (hypothesis-jsonschema), half odd mutations of the examples, applied one by one: how many
   the API server refused (each with a message), how many were accepted and reported in
   status, how many stayed silent, whether the operator restarted, and how long a good
   runner applied afterwards took to be Ready.
 
-The scenarios are ``bioengine_devtools.chaos``; ``tests/test_chaos.py`` runs them with a
-few rounds each and asserts their invariants.
+The scenarios are ``bioengine_devtools.chaos`` (and ``.rollout``); ``tests/test_chaos.py``
+(and ``tests/test_rollout_load.py``) runs them with a few rounds each and asserts their
+invariants.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import tempfile
 import time
@@ -33,7 +48,7 @@ from pathlib import Path
 
 from kubernetes import config
 
-from bioengine_devtools import chaos, operator_process
+from bioengine_devtools import chaos, operator_process, rollout
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools.stack import BridgeStack
 
@@ -51,6 +66,16 @@ def hypha_restarts(count: int) -> list[float]:
         return back
 
 
+def control_plane_restarts(apiservers: int, etcds: int) -> chaos.RestartResult:
+    with tempfile.TemporaryDirectory() as tmp, BridgeStack(Path(tmp), with_app=False) as stack:
+        return chaos.control_plane_restarts(stack, apiservers, etcds)
+
+
+def rollouts(count: int, seed: int) -> rollout.Result:
+    with tempfile.TemporaryDirectory() as tmp, BridgeStack(Path(tmp), with_app=False) as stack:
+        return rollout.rollout_under_load(stack, count, seed=seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
@@ -58,6 +83,9 @@ def main() -> None:
     parser.add_argument("--fuzz", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hypha-restarts", type=int, default=10)
+    parser.add_argument("--apiserver-restarts", type=int, default=5)
+    parser.add_argument("--etcd-restarts", type=int, default=1)
+    parser.add_argument("--rollouts", type=int, default=10)
     args = parser.parse_args()
     if args.hypha_restarts:
         back = hypha_restarts(args.hypha_restarts)
@@ -67,6 +95,29 @@ def main() -> None:
             f"{min(back):.1f} / {statistics.median(back):.1f} / {max(back):.1f} s "
             f"(min / median / max); within 10 s: {within}/{len(back)}"
         )
+    if args.apiserver_restarts or args.etcd_restarts:
+        restarted = control_plane_restarts(args.apiserver_restarts, args.etcd_restarts)
+        print(
+            f"control plane restarted {len(restarted.recoveries)} times under the operator "
+            f"and the bridge; operator restarted: {restarted.operator_restarted}, bridge "
+            f"restarted: {restarted.bridge_restarted}; seconds after each until"
+        )
+        print(f"  {'restarted':<15} {'operator':>9} {'bridge':>9} {'ready':>9}")
+        for r in restarted.recoveries:
+            print(f"  {r.component:<15} {r.operator:>9.1f} {r.bridge:>9.1f} {r.ready:>9.1f}")
+    if args.rollouts:
+        rolled = rollouts(args.rollouts, args.seed)
+        print(
+            f"updates rolled out under load: {rolled.rollouts} rollouts, {rolled.kills} "
+            f"Tritons killed, {rolled.calls} infer calls, {len(rolled.failed)} failed; peak "
+            f"{rolled.peak_pods} runner pods for {rolled.steady_pods} steady; "
+            f"{statistics.median(rolled.rollout_seconds):.1f} s per rollout (median)"
+        )
+        kinds = collections.Counter(line[-160:] for line in rolled.failed)
+        for line, count in kinds.most_common(5):
+            print(f"  failed {count} times: ...{line}")
+    if not (args.resources or args.fuzz):
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Room for every runner's two pods (kwok nodes take 110 pods each).

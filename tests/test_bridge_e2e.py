@@ -35,6 +35,7 @@ from helpers import (
 )
 from hypha_rpc import connect_to_server
 
+from bioengine_devtools import chaos
 from bioengine_devtools.stack import (
     APP,
     APPS_DIR,
@@ -312,6 +313,10 @@ def test_model_runner_infer_and_metadata(stack: BridgeStack) -> None:
             assert {"name": "unet2d", "state": "READY"}.items() <= models[0].items()
             config = await runner.get_model_config("unet2d")
             assert config["backend"] == "python"
+            # Asked of both colors (one shutting down says so too), then the caller's error.
+            with pytest.raises(Exception, match="unknown model") as unknown:
+                await runner.infer(model="no-such-model", inputs={"input0": x})
+            assert "no model runner color answered" not in str(unknown.value)
         finally:
             await alice.disconnect()
 
@@ -552,6 +557,16 @@ def test_bridge_and_dataset_server_log_one_json_schema(stack: BridgeStack) -> No
     assert any(r["message"].startswith("registered ModelRunner") for r in bridge)
     access = [r for r in json_log_records(stack.workdir / "dataserver.log") if "status" in r]
     assert access and all({"method", "path", "user"} <= r.keys() for r in access)
+
+
+def test_apiserver_and_etcd_restarts_under_the_operator_and_bridge(stack: BridgeStack) -> None:
+    """After each restart a runner created then is reconciled, Ready and callable through
+    Hypha, and the one deleted then leaves Hypha; the operator and bridge keep running."""
+    result = chaos.control_plane_restarts(stack, apiservers=1, etcds=1)
+    assert [r.component for r in result.recoveries] == ["etcd", "kube-apiserver"]
+    assert not result.operator_restarted
+    assert not result.bridge_restarted
+    print(f"recovered after each restart: {result.recoveries}")
 
 
 def test_deleting_a_resource_unregisters_its_service(stack: BridgeStack) -> None:

@@ -10,10 +10,14 @@ asserting the invariants) and ``bench/chaos.py`` (the full counts, printing figu
   converges: no orphaned or duplicate children, nothing stuck in a non-final phase (runners
   Ready; the S3 datasets Failed with their reason: this operator version does not serve
   S3), and a fresh operator finds nothing to change.
+* :func:`control_plane_restarts`: kube-apiserver and etcd restarted under the bridge stack's
+  running operator and bridge; after each restart a runner created then becomes Ready and
+  callable through Hypha, and one deleted then leaves Hypha, without restarting either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import dataclasses
@@ -31,6 +35,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bioengine_devtools import operator_process, tools
+from bioengine_devtools.stack import NS, BridgeStack, example
 from bioengine_operator.api.base import API_VERSION, GROUP, VERSION
 from bioengine_operator.api.crds import KINDS, crd
 from bioengine_operator.local import procs
@@ -428,3 +433,116 @@ def _reconciles(operator: operator_process.OperatorProcess) -> float:
         for line in text.splitlines()
         if line.startswith("bioengine_operator_reconciles_total{")
     )
+
+
+# -- the control plane restarted under the operator and the bridge --------------------------
+
+
+@dataclasses.dataclass
+class Recovery:
+    """Seconds from a restarted component answering again until: ``operator``: a runner
+    created then has a status for its spec (the operator's watches are back); ``bridge``:
+    the runner deleted then has left Hypha (the bridge's watches are back); ``ready``: the
+    new runner is Ready and callable through Hypha (this also waits for the cluster's own
+    controllers to make its pods)."""
+
+    component: str
+    operator: float
+    bridge: float
+    ready: float
+
+
+@dataclasses.dataclass
+class RestartResult:
+    recoveries: list[Recovery] = dataclasses.field(default_factory=list)
+    operator_restarted: bool = False
+    bridge_restarted: bool = False
+
+
+def control_plane_restarts(
+    stack: BridgeStack, apiservers: int, etcds: int, down: float = 2.0, timeout: float = 300.0
+) -> RestartResult:
+    """Restart kube-apiserver ``apiservers`` times and etcd ``etcds`` times (each down for
+    ``down`` seconds), etcd in the middle. After each restart a new runner is created and
+    the previous one deleted: the operator must reconcile the new one (its watches came
+    back by themselves) and the bridge must drop the deleted one from Hypha and register
+    the new one once Ready (its watches came back too). Neither process is restarted."""
+    result = RestartResult()
+    # Every runner of the namespace is served by the stack's two Tritons.
+    tritons = {color: triton.grpc for color, triton in stack.tritons.items()}
+    stack.stop_bridge()
+    stack.start_bridge(extra_endpoints={f"modelrunner/{NS}/*": tritons})
+    operator, bridge = stack.operator.proc, stack.procs_["bridge"]
+    runner = next(o for o in example("modelrunner.yaml") if o["kind"] == "ModelRunner")
+    spec = {k: v for k, v in runner["spec"].items() if k != "service"}  # service id = name
+
+    def create(name: str) -> None:
+        body = {**runner, "metadata": {"name": name, "namespace": NS}, "spec": spec}
+        # Right after etcd comes back the API server may still be reconnecting to it.
+        procs.wait_for(lambda: _applied(stack, body), f"{name} applied", timeout)
+
+    def registered(name: str) -> bool:
+        return asyncio.run(_registered(stack, name))
+
+    order = ["kube-apiserver"] * apiservers
+    order[len(order) // 2 : len(order) // 2] = ["etcd"] * etcds
+    create("restart-0")
+    procs.wait_for(lambda: registered("restart-0"), "restart-0 registered", timeout)
+    for index, component in enumerate(order):
+        stack.cluster.restart(component, down=down)
+        began = time.monotonic()
+        old, new = f"restart-{index}", f"restart-{index + 1}"
+        create(new)
+        stack.cluster.kubectl("-n", NS, "delete", "mr", old, "--wait=false")
+        reached = _milestones(
+            {
+                "operator": lambda n=new: reported(stack.cluster.get(NS, "mr", n)),
+                "bridge": lambda o=old: not registered(o),
+                "ready": lambda n=new: registered(n),
+            },
+            f"recovery after restarting {component}",
+            timeout,
+        )
+        result.recoveries.append(
+            Recovery(component, *(reached[k] - began for k in ("operator", "bridge", "ready")))
+        )
+    stack.cluster.kubectl("-n", NS, "delete", "mr", f"restart-{len(order)}")
+    asyncio.run(stack.services_back(stack.service_ids(), timeout))
+    result.operator_restarted = stack.operator.proc is not operator or (
+        operator is None or operator.poll() is not None
+    )
+    result.bridge_restarted = stack.procs_.get("bridge") is not bridge or bridge.poll() is not None
+    return result
+
+
+def _milestones(checks: dict[str, Any], what: str, timeout: float) -> dict[str, float]:
+    """When (monotonic) each check first held, checking the ones still pending in turn (a
+    check that raises has not held yet)."""
+    reached: dict[str, float] = {}
+
+    def all_reached() -> bool:
+        for key, check in checks.items():
+            with contextlib.suppress(Exception):
+                if key not in reached and check():
+                    reached[key] = time.monotonic()
+        return len(reached) == len(checks)
+
+    try:
+        procs.wait_for(all_reached, what, timeout, interval=0.2)
+    except TimeoutError as err:
+        raise TimeoutError(f"{err}; reached: {sorted(reached)} of {sorted(checks)}") from err
+    return reached
+
+
+def _applied(stack: BridgeStack, body: Object) -> bool:
+    out = stack.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body), check=False)
+    return out.returncode == 0
+
+
+async def _registered(stack: BridgeStack, service_id: str) -> bool:
+    """Whether ``service_id`` is listed in the bridge's workspace (asked as a member)."""
+    try:
+        await stack.services_back([service_id], timeout=0)
+    except TimeoutError:
+        return False
+    return True

@@ -20,6 +20,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,6 +129,9 @@ class DevCluster:
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     executables: dict[str, str] = dataclasses.field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    # How each component was started and how to tell it is ready, for restart().
+    _argv: dict[str, tuple[list[str], dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    _ready: dict[str, Any] = dataclasses.field(default_factory=dict)
     api_port: int = 0
     etcd_url: str = ""
     pki: pki_mod.Pki = dataclasses.field(init=False)
@@ -187,8 +191,20 @@ class DevCluster:
             self._procs.pop(name, None)
         self._save_state()
 
+    def restart(self, name: str, down: float = 0.0, timeout: float = 120.0) -> None:
+        """Stop one component (``kube-apiserver``, ``etcd``, ...) by its process group, keep
+        it down ``down`` seconds, start it again as it was started and wait until it is ready
+        (an upgrade or a crash of a control-plane process, for chaos scenarios)."""
+        procs.stop_group(self.pids[name])
+        if down:
+            time.sleep(down)  # the outage itself: what the clients must ride out
+        argv, kwargs = self._argv[name]
+        self.spawn(name, argv, **kwargs)
+        self._wait(name, self._ready[name], timeout)
+
     def spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a process that belongs to this cluster: logged, recorded, stopped with it."""
+        self._argv[name] = (argv, kwargs)
         proc = procs.spawn(
             argv, self.logs / f"{name}.log", tie_to_parent=self.tie_to_parent, **kwargs
         )
@@ -200,6 +216,7 @@ class DevCluster:
         return proc
 
     def _wait(self, name: str, check: Any, timeout: float) -> None:
+        self._ready[name] = check
         procs.wait_for(check, name, timeout, proc=self._procs[name], log=self.logs / f"{name}.log")
 
     def _save_state(self) -> None:
@@ -308,6 +325,11 @@ class DevCluster:
                 f"--service-account-private-key-file={self.pki.sa_key}",
                 f"--root-ca-file={self.pki.ca_cert}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # After a restart of the API server this controller manager can take a minute
+                # or more to catch up, and would then take the kwok nodes' leases for stale
+                # and mark their pods NotReady, which a real kubelet sets back at its next
+                # sync but kwok never does.
+                "--node-monitor-grace-period=10m",
             ],
         )
         self.spawn(

@@ -413,7 +413,7 @@ class BridgeStack:
         return found
 
     def start_bridge(
-        self, extra_args: tuple[str, ...] = (), extra_endpoints: dict[str, str] | None = None
+        self, extra_args: tuple[str, ...] = (), extra_endpoints: dict[str, Any] | None = None
     ) -> None:
         token_file = self.workdir / "bridge.token"
         token_file.write_text(self.hypha.token(BRIDGE_USER, "bridge@example.org"))
@@ -454,16 +454,26 @@ class BridgeStack:
         apps = [APP, COMPOSED, TILES, f"{TILES}-ui"] if self.examples else []
         return [*apps, *ids] if self.with_app else ids
 
+    async def member(self, user: str = "alice", method_timeout: float = 30) -> Any:
+        """A Hypha client of ``user``, a member (read) of the bridge's workspace."""
+        assert self.hypha is not None
+        token = self.hypha.token(user, f"{user}@example.org", WORKSPACE, "read")
+        return await connect_to_server(
+            {
+                "server_url": self.hypha.url,
+                "token": token,
+                "workspace": WORKSPACE,
+                "method_timeout": method_timeout,
+            }
+        )
+
     async def services_back(self, ids: list[str], timeout: float) -> float:
         """Seconds until alice, a member of the workspace, can get and call every service in
         ``ids`` (each one's ``get_status`` where it has one); TimeoutError past ``timeout``."""
-        assert self.hypha is not None
         started = time.monotonic()
-        token = self.hypha.token("alice", "alice@example.org", WORKSPACE, "read")
-        config = {"server_url": self.hypha.url, "token": token, "workspace": WORKSPACE}
         while True:
             try:
-                alice = await connect_to_server({**config, "method_timeout": 30})
+                alice = await self.member()
                 try:
                     for sid in ids:
                         service = await alice.get_service(f"{WORKSPACE}/{sid}")
