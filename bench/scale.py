@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +157,21 @@ def audit_lines(dev: devcluster.DevCluster) -> int:
     return len(dev.audit_log.read_text().splitlines())
 
 
+def answered(dev: devcluster.DevCluster, since: int, until: int) -> Iterator[dict[str, Any]]:
+    """The audit log's completed requests between two of its line counts."""
+    for line in dev.audit_log.read_text().splitlines()[since:until]:
+        event = json.loads(line)
+        if event.get("stage") == "ResponseComplete":
+            yield event
+
+
 def requests(
     dev: devcluster.DevCluster, since: int, until: int, who: Callable[[str], bool]
 ) -> Counter[tuple[str, str]]:
     """Requests made by the user agents ``who`` accepts, by verb and resource."""
     counted: Counter[tuple[str, str]] = Counter()
-    for line in dev.audit_log.read_text().splitlines()[since:until]:
-        event = json.loads(line)
-        if event.get("stage") == "ResponseComplete" and who(event.get("userAgent", "")):
+    for event in answered(dev, since, until):
+        if who(event.get("userAgent", "")):
             ref = event.get("objectRef") or {}
             sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
             counted[(event["verb"], ref.get("resource", "") + sub)] += 1
@@ -173,12 +180,10 @@ def requests(
 
 def by_client(dev: devcluster.DevCluster, since: int, until: int) -> str:
     """Every client's requests in the window (the operator's, the cluster's own controllers'
-    making pods for its Deployments, the benchmark's polling), per object."""
-    counted: Counter[str] = Counter()
-    for line in dev.audit_log.read_text().splitlines()[since:until]:
-        event = json.loads(line)
-        if event.get("stage") == "ResponseComplete":
-            counted[event.get("userAgent", "").split("/")[0] or "?"] += 1
+    making pods for its Deployments, the benchmark's), the most frequent first."""
+    counted = Counter(
+        e.get("userAgent", "").split("/")[0] or "?" for e in answered(dev, since, until)
+    )
     return ", ".join(f"{who} {n}" for who, n in counted.most_common(6))
 
 

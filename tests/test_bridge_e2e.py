@@ -80,18 +80,6 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def registered(stack: BridgeStack, service_id: str) -> bool:
-    """Whether alice finds ``service_id`` in the bridge's workspace."""
-    alice = await client(stack, "alice")
-    try:
-        await alice.get_service(f"{WORKSPACE}/{service_id}")
-    except Exception:
-        return False
-    finally:
-        await alice.disconnect()
-    return True
-
-
 def test_app_methods_are_functions_and_arrays_pass_bit_exact(stack: BridgeStack) -> None:
     """The nucleus app, rendered from apps/ and run by Ray Serve, answers through Hypha
     exactly what its pipeline computes in-process."""
@@ -426,7 +414,7 @@ def test_killing_one_color_under_load_loses_no_call(stack: BridgeStack) -> None:
 
 def test_loss_of_readiness_unregisters_and_recovery_registers(stack: BridgeStack) -> None:
     simulate_rayservice_status(stack.cluster, NS, APP, False, "ZeroServeEndpoints")
-    wait_for(lambda: not run(registered(stack, APP)), "app unregistered after losing readiness", 30)
+    wait_for(lambda: not run(stack.registered(APP)), "app unregistered after losing readiness", 30)
     simulate_rayservice_status(stack.cluster, NS, APP, True, "NonZeroServeEndpoints")
     run(stack.services_back([APP], timeout=30))
 
@@ -498,7 +486,7 @@ def test_an_app_that_never_answers_delays_no_other_service(stack: BridgeStack) -
             wait_for(lambda: silent.accepted, "the bridge asked the silent app")
             run(stack.services_back(stack.service_ids(), timeout=60))
             assert silent.accepted[0].fileno() != -1  # its describe call is still waiting
-            assert not run(registered(stack, "silent"))
+            assert not run(stack.registered("silent"))
     finally:
         silent.close()
         stack.cluster.kubectl("-n", NS, "delete", "bea", "silent", "--wait=false")
@@ -573,5 +561,5 @@ def test_deleting_a_resource_unregisters_its_service(stack: BridgeStack) -> None
     stack.cluster.kubectl("-n", NS, "delete", "mr", RUNNER, "--wait=true", "--timeout=60s")
 
     wait_for(
-        lambda: not run(registered(stack, RUNNER)), "runner service unregistered after deletion", 30
+        lambda: not run(stack.registered(RUNNER)), "runner service unregistered after deletion", 30
     )

@@ -482,7 +482,7 @@ def control_plane_restarts(
         procs.wait_for(lambda: _applied(stack, body), f"{name} applied", timeout)
 
     def registered(name: str) -> bool:
-        return asyncio.run(_registered(stack, name))
+        return asyncio.run(stack.registered(name))
 
     order = ["kube-apiserver"] * apiservers
     order[len(order) // 2 : len(order) // 2] = ["etcd"] * etcds
@@ -498,7 +498,8 @@ def control_plane_restarts(
             {
                 "operator": lambda n=new: reported(stack.cluster.get(NS, "mr", n)),
                 "bridge": lambda o=old: not registered(o),
-                "ready": lambda n=new: registered(n),
+                # got and called (its get_status) through Hypha; raises until then
+                "ready": lambda n=new: asyncio.run(stack.services_back([n], timeout=0)) >= 0,
             },
             f"recovery after restarting {component}",
             timeout,
@@ -508,8 +509,8 @@ def control_plane_restarts(
         )
     stack.cluster.kubectl("-n", NS, "delete", "mr", f"restart-{len(order)}")
     asyncio.run(stack.services_back(stack.service_ids(), timeout))
-    result.operator_restarted = stack.operator.proc is not operator or (
-        operator is None or operator.poll() is not None
+    result.operator_restarted = (
+        operator is None or stack.operator.proc is not operator or operator.poll() is not None
     )
     result.bridge_restarted = stack.procs_.get("bridge") is not bridge or bridge.poll() is not None
     return result
@@ -537,12 +538,3 @@ def _milestones(checks: dict[str, Any], what: str, timeout: float) -> dict[str, 
 def _applied(stack: BridgeStack, body: Object) -> bool:
     out = stack.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body), check=False)
     return out.returncode == 0
-
-
-async def _registered(stack: BridgeStack, service_id: str) -> bool:
-    """Whether ``service_id`` is listed in the bridge's workspace (asked as a member)."""
-    try:
-        await stack.services_back([service_id], timeout=0)
-    except TimeoutError:
-        return False
-    return True

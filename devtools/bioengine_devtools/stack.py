@@ -467,6 +467,17 @@ class BridgeStack:
             }
         )
 
+    async def registered(self, service_id: str) -> bool:
+        """Whether alice, a member of the workspace, finds ``service_id`` there."""
+        alice = await self.member()
+        try:
+            await alice.get_service(f"{WORKSPACE}/{service_id}")
+        except Exception:
+            return False
+        finally:
+            await alice.disconnect()
+        return True
+
     async def services_back(self, ids: list[str], timeout: float) -> float:
         """Seconds until alice, a member of the workspace, can get and call every service in
         ``ids`` (each one's ``get_status`` where it has one); TimeoutError past ``timeout``."""
