@@ -236,7 +236,8 @@ def list_(
     ``recent``: from the API server's watch cache (``resourceVersion=0``), which may be a
     moment behind, as an informer's lister is. A quorum read goes to etcd, which reads every
     object of the kind in the namespace to filter them by label: at hundreds of pods per
-    namespace, the pod lists of every reconcile were most of the API server's work.
+    namespace, a pod list per reconcile costs the API server and etcd more than the rest of
+    the reconcile's requests.
     """
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     query = [("labelSelector", label_selector)] + ([("resourceVersion", "0")] if recent else [])
