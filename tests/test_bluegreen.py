@@ -97,6 +97,42 @@ def test_new_revision_during_an_update_restarts_safely() -> None:
     assert step.targets == {"green": "r3", "blue": None}
 
 
+def test_the_second_color_starting_is_the_update_not_a_fault() -> None:
+    """Found with real pods: while the second color's new pods start, the runner is still
+    Updating; Degraded (a Warning Event) is for a color whose pods fail after its rollout."""
+    starting = dataclasses.replace(rolling("r2"), rolling=True)
+    step = plan("r2", {"blue": starting, "green": ready("r2")})
+    assert (step.phase, step.reason) == ("Updating", "WaitingForColor")
+    crashed = plan("r2", {"blue": rolling("r2"), "green": ready("r2")})
+    assert crashed.phase == "Degraded"
+
+
+def test_a_color_rolls_until_its_deployment_has_rolled_out() -> None:
+    def deployment(
+        observed: int = 2, updated: int = 2, replicas: int = 2, reason: str | None = None
+    ) -> dict[str, Any]:
+        progressing = [{"type": "Progressing", "status": "True", "reason": reason}]
+        return {
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 2},
+            "status": {
+                "observedGeneration": observed,
+                "updatedReplicas": updated,
+                "replicas": replicas,
+                "conditions": progressing if reason else [],
+            },
+        }
+
+    done = "NewReplicaSetAvailable"
+    assert not modelrunner.rolling(deployment(reason=done))
+    assert modelrunner.rolling(deployment(observed=1, reason=done))  # template not seen yet
+    # Recreate: old pods terminating, no new ReplicaSet yet, the condition still the old one's
+    assert modelrunner.rolling(deployment(updated=0, replicas=0, reason=done))
+    assert modelrunner.rolling(deployment(updated=0, replicas=2, reason=done))
+    assert modelrunner.rolling(deployment(reason="ReplicaSetUpdated"))  # new pods starting
+    assert modelrunner.rolling(deployment(reason=None))
+
+
 def test_terminated_pods_do_not_keep_a_color_from_settling() -> None:
     deployment = {
         "metadata": {"labels": {triton.REVISION_LABEL: "r1"}},

@@ -133,6 +133,14 @@ def test_the_operator_image_is_the_default_and_pods_carry_the_revision() -> None
     assert dep["metadata"]["labels"][triton.REVISION_LABEL] == rev
 
 
+def test_a_deleted_triton_pod_drains_before_triton_stops() -> None:
+    """Found with real pods: without the drain, calls failed during updates."""
+    pod = deployment(runner(), "blue")["spec"]["template"]["spec"]
+    lifecycle = pod["containers"][0]["lifecycle"]
+    assert lifecycle == {"preStop": {"sleep": {"seconds": triton.DRAIN_SECONDS}}}
+    assert pod["terminationGracePeriodSeconds"] > triton.DRAIN_SECONDS
+
+
 def test_model_config_map_content_is_in_the_pod_template() -> None:
     inputs = triton.Inputs("triton:default", ("m__config.pbtxt",), "content-hash")
     annotations = deployment(runner(), "blue", inputs)["spec"]["template"]["metadata"]
@@ -224,6 +232,19 @@ APP_INPUTS = rayservice.Inputs((CELLS,), code_hash="abc123", gpu_memory_mb=24576
 def app_service(inputs: rayservice.Inputs = APP_INPUTS, **changes: Any) -> dict[str, Any]:
     spec = BioEngineAppSpec.model_validate({**APP, **changes})
     return rayservice.ray_service(APP_OWNER, spec, inputs)
+
+
+def test_the_operators_ray_image_is_the_default() -> None:
+    def images(service: dict[str, Any]) -> set[str]:
+        cluster = service["spec"]["rayClusterConfig"]
+        pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        return {p["template"]["spec"]["containers"][0]["image"] for p in pods}
+
+    mirrored = rayservice.Inputs((CELLS,), ray_image="mirror.example/ray:2.60.0")
+    assert images(app_service(mirrored)) == {"mirror.example/ray:2.60.0"}
+    assert images(app_service()) == {rayservice.DEFAULT_RAY_IMAGE}
+    named = {**APP["rayCluster"], "image": "mine/ray:1"}  # type: ignore[dict-item]
+    assert images(app_service(mirrored, rayCluster=named)) == {"mine/ray:1"}
 
 
 def test_serve_config_hands_the_manifest_and_overrides_to_the_runtime() -> None:

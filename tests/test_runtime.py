@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import bioengine  # on pytest's pythonpath (pyproject.toml), as in the Ray pods
@@ -11,6 +14,8 @@ import numpy as np
 import pytest
 from pydantic import Field, ValidationError
 
+from bioengine_operator.builders import rayservice
+from bioengine_operator.local import envs
 from bioengine_operator.runtime import codec
 
 
@@ -161,3 +166,33 @@ def test_arrays_pass_the_codec_bit_exact() -> None:
         assert back.tobytes() == array.tobytes()
     with pytest.raises(TypeError, match="arrays of Python objects"):
         codec.dumps(np.array([object()]))
+
+
+def test_the_app_folder_is_the_mount_point_not_the_kubelets_folder_behind_it(
+    tmp_path: Path,
+) -> None:
+    """Found with real pods: a mounted ConfigMap's files are links into a folder the kubelet
+    names per pod, and the app's folder found on the Ray head is handed to replicas on the
+    workers (its frontend's folder, for one): it must be the mount point, as on every pod.
+    Run in the Ray environment, where the entry point is imported as the pods import it."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name, text in rayservice.RUNTIME_FILES.items():
+        (runtime / name).write_text(text)
+    mount = tmp_path / "app"  # laid out as the kubelet lays out a ConfigMap volume
+    (mount / "..2026_12_06_20_24_44.1816082044").mkdir(parents=True)
+    (mount / "..2026_12_06_20_24_44.1816082044" / "lab.py").write_text("X = 1\n")
+    (mount / "..data").symlink_to("..2026_12_06_20_24_44.1816082044")
+    (mount / "lab.py").symlink_to("..data/lab.py")
+    out = subprocess.run(
+        [
+            str(envs.venv("ray") / "bin" / "python"),
+            "-c",
+            "import bioengine_serve_entry as e; print(e.app_folder('lab:X'))",
+        ],
+        env={**os.environ, "PYTHONPATH": f"{runtime}:{mount}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(mount)

@@ -45,6 +45,9 @@ class Observed:
     revision: str | None = None
     ready: int = 0  # Ready pods of ``revision`` that are not being deleted
     settled: bool = False  # exactly the wanted pods, all of ``revision`` and all Ready
+    # Its Deployment is still rolling out its template (as `kubectl rollout status` tells),
+    # as opposed to pods failing after it had rolled out.
+    rolling: bool = False
 
     @property
     def serving(self) -> bool:
@@ -77,9 +80,16 @@ def plan(desired: str, observed: dict[Color, Observed]) -> Plan:
         if all(observed[c].settled for c in COLORS):
             message = "both colors serve the current revision"
             return Plan(both, None, "Ready", "BothColorsReady", message)
-        waiting = ", ".join(c for c in COLORS if not observed[c].settled)
-        phase: Phase = "Degraded" if serving else "Deploying"
-        message = f"waiting for every pod of {waiting} to be ready"
+        waiting = [c for c in COLORS if not observed[c].settled]
+        # A color still rolling out is the end of an update (or of the creation), not a fault.
+        phase: Phase = (
+            "Deploying"
+            if not serving
+            else "Updating"
+            if any(observed[c].rolling for c in waiting)
+            else "Degraded"
+        )
+        message = f"waiting for every pod of {', '.join(waiting)} to be ready"
         return Plan(both, None, phase, "WaitingForColor", message)
 
     if len(at_desired) == 1:

@@ -50,6 +50,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="Triton image of ModelRunners that do not name one",
     )
     parser.add_argument(
+        "--ray-image",
+        default=env("BIOENGINE_RAY_IMAGE", Settings.ray_image),
+        help="Ray image of BioEngineApps that do not name one",
+    )
+    parser.add_argument(
         "--resync-seconds",
         type=float,
         default=float(env("BIOENGINE_RESYNC_SECONDS", str(Settings.resync_seconds))),
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         Settings(
             image=args.image,
             triton_image=args.triton_image,
+            ray_image=args.ray_image,
             resync_seconds=args.resync_seconds,
             hypha_workspace=args.hypha_workspace,
             host_path_prefixes=tuple(args.host_path_prefix),

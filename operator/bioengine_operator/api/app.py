@@ -175,8 +175,11 @@ class RayClusterSpec(Model):
     ray_version: str = Field(
         DEFAULT_RAY_VERSION, description="Ray version of the image (KubeRay needs it)."
     )
-    image: str = Field(
-        DEFAULT_RAY_IMAGE, pattern=IMAGE, description="Container image of every Ray pod."
+    image: str | None = Field(
+        None,
+        pattern=IMAGE,
+        description="Container image of every Ray pod; unset uses the operator's default "
+        f"(--ray-image, {DEFAULT_RAY_IMAGE} unless the chart sets another).",
     )
     head: HeadGroup = Field(default_factory=HeadGroup, description="The Ray head pod.")
     worker_groups: list[WorkerGroup] = Field(

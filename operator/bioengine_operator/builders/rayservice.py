@@ -19,7 +19,12 @@ from typing import Any
 
 import yaml
 
-from bioengine_operator.api.app import BioEngineAppSpec, RayResources, WorkerGroup
+from bioengine_operator.api.app import (
+    DEFAULT_RAY_IMAGE,
+    BioEngineAppSpec,
+    RayResources,
+    WorkerGroup,
+)
 from bioengine_operator.builders import meta
 
 COMPONENT = "bioengine-app"
@@ -60,6 +65,7 @@ class Inputs:
     datasets: tuple[MountedDataset, ...] = ()
     code_hash: str = ""  # of the code ConfigMap's content ("" for a zip or image source)
     gpu_memory_mb: int = 0  # the operator's --gpu-memory-mb
+    ray_image: str = DEFAULT_RAY_IMAGE  # the operator's --ray-image, for apps naming none
 
 
 def entry_config_map_name(owner: meta.Owner) -> str:
@@ -156,7 +162,7 @@ def _pod_template(
     scratch, scratch_mounts = meta.scratch_volumes(shm_limit=str(resources.memory))
     container = {
         "name": container_name,
-        "image": spec.ray_cluster.image,
+        "image": spec.ray_cluster.image or inputs.ray_image,
         "ports": ports,
         "env": [
             {"name": "PYTHONPATH", "value": _python_path(spec)},

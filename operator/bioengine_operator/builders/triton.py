@@ -24,6 +24,7 @@ REPO_MOUNT = "/models"
 COLOR_LABEL = f"{meta.PREFIX}/color"
 REVISION_LABEL = f"{meta.PREFIX}/revision"
 REPOSITORY_ANNOTATION = f"{meta.PREFIX}/model-repository-hash"
+DRAIN_SECONDS = 5  # a deleted pod's grace before Triton stops (see pod_template)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,11 @@ def pod_template(
         },
         "volumeMounts": [*mounts, *scratch_mounts],
         "securityContext": meta.container_security_context(),
+        # A deleted pod keeps serving for a moment before Triton hears SIGTERM and unloads its
+        # models: the EndpointSlice controller and every node's kube-proxy first stop sending
+        # it calls, and the other color's new pods, just Ready, become reachable meanwhile.
+        # Without it, real pods lost calls during updates (tests/test_real_node.py).
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
     }
     if env_from:
         container["envFrom"] = env_from

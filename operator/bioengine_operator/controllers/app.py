@@ -199,7 +199,9 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
         )
 
     live = kube.get("ray.io/v1", "RayService", owner.namespace, owner.name)
-    inputs = rayservice.Inputs(tuple(datasets), code, ctx.settings.gpu_memory_mb)
+    inputs = rayservice.Inputs(
+        tuple(datasets), code, ctx.settings.gpu_memory_mb, ctx.settings.ray_image
+    )
     kube.apply_owned(
         rayservice.children(owner, spec, inputs), owner.uid, {("RayService", owner.name): live}
     )

@@ -45,7 +45,25 @@ def observe(deployment: Object | None, pods: list[Object]) -> bluegreen.Observed
     ]
     ready = sum(_pod_ready(p) for p in current)
     settled = len(pods) == len(current) == ready == wanted
-    return bluegreen.Observed(True, revision, ready, settled)
+    return bluegreen.Observed(True, revision, ready, settled, rolling(deployment))
+
+
+def rolling(deployment: Object) -> bool:
+    """Whether the Deployment controller is still rolling out the Deployment's template, as
+    ``kubectl rollout status`` tells: it has not seen the latest template yet, pods of the
+    template are missing or old ones remain (with Recreate: while the old pods terminate,
+    before the new ReplicaSet exists, its Progressing condition still says the previous
+    rollout's "NewReplicaSetAvailable"), or the new pods are not all available yet."""
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
+        return True
+    updated = status.get("updatedReplicas", 0)
+    if updated < deployment["spec"].get("replicas", 1) or status.get("replicas", 0) > updated:
+        return True
+    progressing = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None
+    )
+    return progressing is None or progressing.get("reason") != "NewReplicaSetAvailable"
 
 
 @dataclasses.dataclass(frozen=True)

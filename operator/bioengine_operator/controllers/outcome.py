@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from bioengine_operator import conditions, logs
+from bioengine_operator.api.app import DEFAULT_RAY_IMAGE
 from bioengine_operator.api.base import default_service_id
 from bioengine_operator.api.modelrunner import DEFAULT_TRITON_IMAGE
 from bioengine_operator.controllers import kube
@@ -38,6 +39,8 @@ class Settings:
     # The Triton image of ModelRunners that name none: an operator upgrade that changes it
     # rolls those runners, one color at a time.
     triton_image: str = DEFAULT_TRITON_IMAGE
+    # The Ray image of BioEngineApps that name none (a new one upgrades their Ray clusters).
+    ray_image: str = DEFAULT_RAY_IMAGE
     resync_seconds: float = 30.0
     hypha_workspace: str | None = None
     # Node directories hostPath datasets may serve (and below): none unless a cluster admin

@@ -50,9 +50,13 @@ def load(import_path: str) -> Any:
 
 def app_folder(entry: str) -> Path:
     """The app's folder: where the entry module's top-level package or module lies (the
-    mounted ConfigMap, Ray's working_dir for a zip, or the image's folder)."""
+    mounted ConfigMap, Ray's working_dir for a zip, or the image's folder).
+
+    Absolute but with its links kept: a mounted ConfigMap's files are links into a folder
+    the kubelet names per pod (``..2026_12_06_20_24_44.18...``), and the path is handed to
+    replicas in other pods, where only the mount point's name is the same."""
     module = entry.partition(":")[0]
-    path = Path(inspect.getfile(importlib.import_module(module))).resolve()
+    path = Path(os.path.abspath(inspect.getfile(importlib.import_module(module))))
     depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
     return path.parents[depth]
 
