@@ -12,7 +12,13 @@ KUBECONFIG_DEMO := .devcluster/bioengine-dev/kubeconfig
 BIOENGINE := $(VENV)/bin/bioengine
 DEMO := .demo
 
-.PHONY: venv tools backends crds lint test cluster-up cluster-down demo demo-cluster clean lock chart-lint
+# What the real nodes need from Debian: the container runtime, CNI plugins, kube-proxy's
+# iptables and conntrack, and the image builders (debootstrap, buildah).
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack iproute2 \
+	debootstrap buildah
+
+.PHONY: venv tools node-deps images backends crds lint test cluster-up cluster-down demo \
+	demo-cluster clean lock chart-lint
 
 $(STAMP): pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +34,28 @@ define backend
 endef
 $(foreach b,$(BACKENDS),$(eval $(call backend,$(b))))
 
+## node-deps: install NODE_PACKAGES with apt-get where missing (root; Debian or Ubuntu)
+node-deps:
+	@missing=$$(for p in $(NODE_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing" $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+			>/dev/null; \
+	fi
+
+## images: build the real nodes' container images (the operator's from ./Dockerfile) into the
+## cache, once per set of inputs
+images: tools node-deps
+	$(PY) -m bioengine_devtools images
+
 ## backends: the Hypha, Ray and Triton venvs the bridge tests and benchmarks run
 backends: $(BACKEND_STAMPS)
 
-## tools: build the pinned Go tools (kube-apiserver, etcd, kwok, KubeRay, helm) once into the cache
+## tools: build the pinned Go tools (kube-apiserver, kubelet, etcd, kwok, KubeRay, helm, CoreDNS)
+## once into the cache
 tools: venv
 	$(PY) -m bioengine_devtools tools
 
@@ -46,8 +70,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-## test: lint, then the whole suite against a real local control plane and real backends
-test: tools backends lint
+## test: lint, then the whole suite against real local control planes (kwok nodes, and two
+## real nodes running the chart) and real backends
+test: tools backends images lint
 	$(PY) -m pytest
 
 ## cluster-up: start a local control plane and leave it running; prints the KUBECONFIG to export

@@ -1,7 +1,8 @@
 """The local control plane behaves like a real cluster where our operator depends on it.
 
 Everything here talks to the real kube-apiserver; pods are simulated by kwok (they are
-scheduled, bound and marked Running/Ready, but no container runs).
+scheduled, bound and marked Running/Ready, but no container runs), except in the last test,
+which starts a real node to crash its owner.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ import yaml
 from kubernetes import client
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import tools
+from bioengine_devtools import node, tools
 from bioengine_operator.local import procs
 
 TIMEOUT = 60
@@ -323,3 +325,77 @@ def test_second_cluster_side_by_side_via_cli(cluster: devcluster.DevCluster, tmp
         down = subprocess.run([*cli, "down", *args], capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert not any(procs.alive(pid) for pid in state["pids"].values())
+
+
+CRASHING_OWNER = """
+import sys, time
+from pathlib import Path
+from bioengine_devtools import cluster
+dev = cluster.DevCluster(
+    Path(sys.argv[1]), name="crash", node_kind="real", real_node_count=1, with_kuberay=False
+)
+dev.start()
+print("up", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_real_node_leaves_nothing_behind_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """A real node's owner SIGKILLed (a crashed pytest): every process of the node and its
+    containers ends with it (they live in the node's PID namespace, whose holder dies with
+    its owner), its mounts never reach this machine's mount table, and the kubelet's
+    cgroups, which are global, go with `down` (or the next start of that cluster)."""
+    workdir = tmp_path / "crash"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_OWNER, str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        output = []
+        for line in owner.stdout:  # its build and start messages, then "up"
+            if line == "up\n":
+                break
+            output.append(line)
+        else:
+            raise AssertionError(f"the owner exited before the node was up:\n{''.join(output)}")
+        state = json.loads((workdir / "state.json").read_text())
+        assert {"node-0-containerd", "node-0-kubelet", "node-namespace"} <= set(state["pids"])
+        assert node_processes("crash"), f"no container runs in the node's cgroups: {output}"
+        assert str(workdir) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_for(
+        lambda: (
+            not node_processes("crash")
+            and not any(procs.alive(pid) for pid in state["pids"].values())
+        ),
+        "every process of the node gone",
+    )
+    assert str(workdir) not in Path("/proc/self/mountinfo").read_text()
+    down = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bioengine_devtools",
+            "down",
+            "--name=crash",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert down.returncode == 0, down.stderr
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{node.cgroup_name('crash')}"))
+
+
+def node_processes(cluster_name: str) -> list[str]:
+    """PIDs in the kubelets' cgroups of ``cluster_name`` (containers and their sandboxes)."""
+    top = Path("/sys/fs/cgroup/pids") / node.cgroup_name(cluster_name)
+    return [
+        pid for procs_file in top.rglob("cgroup.procs") for pid in procs_file.read_text().split()
+    ]

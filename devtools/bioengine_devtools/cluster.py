@@ -1,25 +1,35 @@
-"""A real Kubernetes control plane on loopback, with kwok standing in for kubelets.
+"""A real Kubernetes control plane on this machine, with kwok nodes or a real node.
 
 What runs: etcd, kube-apiserver (TLS, RBAC, service-account tokens), kube-controller-manager,
-kube-scheduler, the KubeRay operator with its CRDs, and kwok. Everything above the pod is
-real; kwok marks scheduled pods Running and Ready without starting any container, so pods
-have no processes and no network. Pod and node IPs come from 198.18.0.0/15 (reserved for
-benchmarks, never routed) and nothing ever connects to them.
+kube-scheduler, the KubeRay operator with its CRDs, and the nodes:
 
-Each component listens on a free loopback port, so two clusters can run side by side, and
-writes its log to ``<workdir>/logs/<component>.log``. ``state.json`` in the work directory
-records the PIDs so ``python -m bioengine_devtools down`` can stop a cluster
-that another process started.
+* ``node_kind="kwok"`` (the default, and the 1100-object scale runs): everything on loopback;
+  kwok marks scheduled pods Running and Ready without starting any container, so pods have
+  no processes and no network. Pod and node IPs come from 198.18.0.0/15 (reserved for
+  benchmarks, never routed) and nothing ever connects to them.
+* ``node_kind="real"``: one real node (:mod:`bioengine_devtools.node`: containerd, runc, the
+  kubelet, kube-proxy, CNI, CoreDNS) whose pods run images built here
+  (:mod:`bioengine_devtools.images`). The control plane runs inside the node's network
+  namespace, as it would on a control-plane node, and the API server is relayed to a
+  loopback port of the host: clients outside use that address, pods the ``kubernetes``
+  Service.
+
+Each component listens on a free port, so two clusters can run side by side, and writes its
+log to ``<workdir>/logs/<component>.log``. ``state.json`` in the work directory records the
+PIDs so ``python -m bioengine_devtools down`` can stop a cluster that another process started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -28,9 +38,11 @@ from typing import Any
 
 import yaml
 
+from bioengine_devtools import images as images_mod
+from bioengine_devtools import node as node_mod
 from bioengine_devtools import pki as pki_mod
 from bioengine_devtools import tools
-from bioengine_operator.local import procs
+from bioengine_operator.local import netns, procs
 from bioengine_operator.local.procs import free_port
 
 KWOK_STAGES = (
@@ -43,10 +55,11 @@ READY_STAGE = "kustomize/stage/pod/fast/pod-ready.yaml"
 # kwok's fast pod-ready stage, delayed by this pod annotation (e.g. "2s") where present:
 # containers that take a while to become Ready, such as Triton loading its models.
 READY_DELAY_ANNOTATION = "bioengine.bioimage.io/kwok-ready-delay"
+NAMESPACE = "node-namespace"  # the real node's namespace holder, among the recorded processes
 KUBERAY_CRDS = ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 POD_CIDR = "198.18.0.0/16"
-SERVICE_CIDR = "198.19.0.0/16"
+SERVICE_CIDR = node_mod.SERVICE_CIDR
 # `make cluster-up` keeps its state here; gitignored.
 DEFAULT_WORKDIR = tools.REPO_ROOT / ".devcluster"
 
@@ -126,19 +139,35 @@ class DevCluster:
     kuberay_operator: bool = True  # ... and its operator (off: tests play KubeRay themselves)
     tie_to_parent: bool = True
     audit: bool = False  # log every request's user, verb and resource to logs/audit.log
+    node_kind: str = "kwok"  # or "real": real nodes instead of the kwok nodes
+    real_node_count: int = 2
+    # The real nodes' images; built (or found in the cache) at start when not given.
+    images: dict[str, images_mod.Image] = dataclasses.field(default_factory=dict)
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     executables: dict[str, str] = dataclasses.field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     # How each component was started and how to tell it is ready, for restart().
     _argv: dict[str, tuple[list[str], dict[str, Any]]] = dataclasses.field(default_factory=dict)
     _ready: dict[str, Any] = dataclasses.field(default_factory=dict)
-    api_port: int = 0
+    api_port: int = 0  # where clients on this machine reach the API server
     etcd_url: str = ""
     pki: pki_mod.Pki = dataclasses.field(init=False)
+    # nodes="real": the node's namespaces, the API server's relay, the node and its images
+    namespace: node_mod.NodeNamespace | None = None
+    real_nodes: list[node_mod.RealNode] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_real(self) -> bool:
+        return self.node_kind == "real"
 
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def inner_kubeconfig(self) -> Path:
+        """The admin kubeconfig of the components (inside the node's namespace when real)."""
+        return self.workdir / "inner-kubeconfig" if self.is_real else self.kubeconfig
 
     @property
     def logs(self) -> Path:
@@ -164,17 +193,29 @@ class DevCluster:
     def start(self, timeout: float = 120.0) -> None:
         """Start every component and return once each one reports ready."""
         bins = tools.build_all()
+        if self.is_real and not self.images:
+            self.images = images_mod.Builder().build_all()
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self.logs.mkdir(parents=True)
         self.pki = pki_mod.create(self.workdir / "pki")
         self.api_port = free_port()
-        self._write_kubeconfig()
         try:
+            if self.is_real:
+                node_mod.remove_cgroups(self.name)  # what a crashed run may have left
+                self._start_namespace()
+                self.write_kubeconfig(self.inner_kubeconfig, server=self.inner_server)
+            self.write_kubeconfig(self.kubeconfig)
             self._start_etcd(bins["etcd"] / "etcd", timeout)
             self._start_apiserver(bins["k8s"] / "kube-apiserver", timeout)
             self._start_controllers(bins["k8s"], timeout)
-            self._start_kwok(bins["kwok"] / "kwok", timeout)
+            if self.is_real:
+                self.real_nodes = [
+                    node_mod.RealNode(self, i, self.images) for i in range(self.real_node_count)
+                ]
+                node_mod.start_nodes(self, self.real_nodes, timeout)
+            else:
+                self._start_kwok(bins["kwok"] / "kwok", timeout)
             if self.with_kuberay:
                 self._install_kuberay_crds()
             if self.with_kuberay and self.kuberay_operator:
@@ -184,12 +225,39 @@ class DevCluster:
             raise
 
     def stop(self) -> None:
-        """Stop every component, newest first, by process group; safe to call twice."""
+        """Stop every component, newest first, by process group; safe to call twice. A real
+        node's namespaces go last: every process left inside ends with them."""
         for name in reversed(list(self.pids)):
-            pid = self.pids.pop(name)
-            procs.stop_group(pid)
+            _stop(name, self.pids.pop(name))
             self._procs.pop(name, None)
+        if self.namespace is not None:
+            self.namespace = None
+            node_mod.remove_cgroups(self.name)
         self._save_state()
+
+    def _start_namespace(self) -> None:
+        """The real node's namespaces, and the API server's relay to the host's loopback."""
+        self.namespace = node_mod.NodeNamespace(
+            self.workdir, self.tie_to_parent, node_mod.addresses(self.real_node_count)
+        )
+        self.namespace.start()
+        assert self.namespace.holder is not None
+        self._record(NAMESPACE, self.namespace.holder, "unshare")
+        relay, self.api_port = netns.relay(
+            self.namespace, node_mod.API_PORT, self.logs / "apiserver-relay.log"
+        )
+        self._record("apiserver-relay", relay, sys.executable)
+
+    @property
+    def inner_server(self) -> str:
+        """The API server as the components see it."""
+        return f"https://127.0.0.1:{node_mod.API_PORT}" if self.is_real else self.server
+
+    def get_inside(self, url: str, context: ssl.SSLContext | None = None) -> bytes:
+        """GET ``url`` from where the components run (the node's namespace when real)."""
+        if self.namespace is None:
+            return _get(url, context)
+        return node_mod.in_namespace(self.namespace.net_path, lambda: _get(url, context))
 
     def restart(self, name: str, down: float = 0.0, timeout: float = 120.0) -> None:
         """Stop one component (``kube-apiserver``, ``etcd``, ...) by its process group, keep
@@ -203,17 +271,22 @@ class DevCluster:
         self._wait(name, self._ready[name], timeout)
 
     def spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        """Start a process that belongs to this cluster: logged, recorded, stopped with it."""
+        """Start a process that belongs to this cluster: logged, recorded, stopped with it
+        (inside the node's namespaces when the node is real)."""
         self._argv[name] = (argv, kwargs)
+        argv = [*(self.namespace.enter() if self.namespace is not None else []), *argv]
         proc = procs.spawn(
             argv, self.logs / f"{name}.log", tie_to_parent=self.tie_to_parent, **kwargs
         )
+        # What the process runs, as launched (reading /proc now could race the exec).
+        self._record(name, proc, argv[0])
+        return proc
+
+    def _record(self, name: str, proc: subprocess.Popen[bytes], executable: str) -> None:
         self._procs[name] = proc
         self.pids[name] = proc.pid
-        # What the process runs, as launched (reading /proc now could race the exec).
-        self.executables[name] = argv[0]
+        self.executables[name] = executable
         self._save_state()
-        return proc
 
     def _wait(self, name: str, check: Any, timeout: float) -> None:
         self._ready[name] = check
@@ -249,18 +322,43 @@ class DevCluster:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", lambda: b'"health":"true"' in _get(f"{self.etcd_url}/health"), timeout)
+        self._wait(
+            "etcd",
+            lambda: b'"health":"true"' in self.get_inside(f"{self.etcd_url}/health"),
+            timeout,
+        )
 
     def _start_apiserver(self, apiserver: Path, timeout: float) -> None:
         pki = self.pki
+        if self.is_real:
+            # Inside the node's namespace; the `kubernetes` Service leads pods to the node.
+            where = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={node_mod.API_IP}",
+                f"--secure-port={node_mod.API_PORT}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # logs, exec and port-forward: the API server calls the kubelet as an admin
+                f"--kubelet-client-certificate={pki.admin_cert}",
+                f"--kubelet-client-key={pki.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            where = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                "--authorization-mode=RBAC",
+                # The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject;
+                # no pod runs to use it anyway.
+                "--endpoint-reconciler-type=none",
+            ]
         self.spawn(
             "kube-apiserver",
             [
                 str(apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.api_port}",
+                *where,
                 f"--tls-cert-file={pki.server_cert}",
                 f"--tls-private-key-file={pki.server_key}",
                 f"--client-ca-file={pki.ca_cert}",
@@ -268,10 +366,6 @@ class DevCluster:
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
-                # The `kubernetes` Service would point at 127.0.0.1, which Endpoints reject; no pod
-                # runs to use it anyway.
-                "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 *self._audit_flags(),
             ],
@@ -307,7 +401,7 @@ class DevCluster:
         ]
 
     def _start_controllers(self, bindir: Path, timeout: float) -> None:
-        kubeconfig = str(self.kubeconfig)
+        kubeconfig = str(self.inner_kubeconfig)
         common = [
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
@@ -346,7 +440,7 @@ class DevCluster:
         for name, port in (("kube-controller-manager", cm_port), ("kube-scheduler", sched_port)):
             self._wait(
                 name,
-                lambda p=port: _get(f"https://127.0.0.1:{p}/healthz", insecure) == b"ok",
+                lambda p=port: self.get_inside(f"https://127.0.0.1:{p}/healthz", insecure) == b"ok",
                 timeout,
             )
         # Pods are refused until the ServiceAccount controller made `default/default`.
@@ -418,10 +512,12 @@ class DevCluster:
                 "--enable-leader-election=false",
                 "--log-stdout-encoder=console",
             ],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            env={**os.environ, "KUBECONFIG": str(self.inner_kubeconfig)},
         )
         self._wait(
-            "kuberay-operator", lambda: _get(f"http://127.0.0.1:{probe}/readyz") == b"ok", timeout
+            "kuberay-operator",
+            lambda: self.get_inside(f"http://127.0.0.1:{probe}/readyz") == b"ok",
+            timeout,
         )
 
     # -- clients -------------------------------------------------------------------------
@@ -431,35 +527,44 @@ class DevCluster:
         context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return context
 
-    def _write_kubeconfig(self) -> None:
+    def write_kubeconfig(
+        self,
+        path: Path,
+        cert: Path | None = None,
+        key: Path | None = None,
+        *,
+        server: str | None = None,
+    ) -> Path:
+        """A kubeconfig for ``server`` (default: the address clients on this machine use;
+        components get :attr:`inner_server`) as the admin, or as ``cert``'s subject."""
+        if server is None:
+            server = self.server if cert is None else self.inner_server
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": self.name,
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority": str(self.pki.ca_cert),
-                    },
+                    "cluster": {"server": server, "certificate-authority": str(self.pki.ca_cert)},
                 }
             ],
             "users": [
                 {
-                    "name": f"{self.name}-admin",
+                    "name": f"{self.name}-user",
                     "user": {
-                        "client-certificate": str(self.pki.admin_cert),
-                        "client-key": str(self.pki.admin_key),
+                        "client-certificate": str(cert or self.pki.admin_cert),
+                        "client-key": str(key or self.pki.admin_key),
                     },
                 }
             ],
             "contexts": [
-                {"name": self.name, "context": {"cluster": self.name, "user": f"{self.name}-admin"}}
+                {"name": self.name, "context": {"cluster": self.name, "user": f"{self.name}-user"}}
             ],
             "current-context": self.name,
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     def kubectl(
         self,
@@ -513,7 +618,19 @@ def stop_recorded(workdir: Path) -> list[str]:
     for name, pid in reversed(list(state["pids"].items())):
         recorded = state["executables"].get(name)
         if recorded and procs.executable_of(pid) == recorded:
-            procs.stop_group(pid)
+            _stop(name, pid)
             stopped.append(name)
     state_file.unlink()
+    if NAMESPACE in state["pids"]:
+        node_mod.remove_cgroups(state["name"])
     return stopped
+
+
+def _stop(name: str, pid: int) -> None:
+    """Stop one recorded process by its process group. The real node's namespace holder
+    and its PID 1 ignore SIGTERM and hold nothing to flush: SIGKILL, and the kernel ends
+    every process in the node's namespaces with them."""
+    if name == NAMESPACE:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    procs.stop_group(pid)

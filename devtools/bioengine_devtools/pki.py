@@ -3,7 +3,9 @@
 One CA signs the API server's serving certificate and an admin client certificate in
 ``system:masters`` (the controllers, the scheduler, kwok and KubeRay share it: this is a
 throw-away test cluster, not a production one). A separate RSA key signs service-account
-tokens, so TokenRequest works and tests can act as an unprivileged ServiceAccount.
+tokens, so TokenRequest works and tests can act as an unprivileged ServiceAccount. A real
+node's kubelet and kube-proxy get certificates of their own (:func:`client_cert`), in the
+groups the API server's Node authorizer and default roles expect of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ SERVER_NAMES = (
     "DNS:kubernetes.default.svc",
     "DNS:kubernetes.default.svc.cluster.local",
     "IP:127.0.0.1",
+    # Pods reach the API server through the `kubernetes` Service (the first address of the
+    # dev clusters' service range) or at the real node's address.
+    "IP:198.19.0.1",
+    "IP:198.18.255.1",
 )
 
 
@@ -110,3 +116,12 @@ def create(directory: Path) -> Pki:
     for private in (pki.ca_key, pki.server_key, pki.admin_key, pki.sa_key):
         private.chmod(0o600)
     return pki
+
+
+def client_cert(pki: Pki, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate ``<name>.cert`` and key ``<name>.key`` beside the CA."""
+    directory = pki.ca_cert.parent
+    cert, key = directory / f"{name}.cert", directory / f"{name}.key"
+    _signed_cert(pki, key, cert, subject, ["extendedKeyUsage=clientAuth"])
+    key.chmod(0o600)
+    return cert, key

@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.error
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, cast
 
@@ -433,7 +433,11 @@ def rollout_under_load(
                 result.rollouts += 1
                 result.rollout_seconds.append(time.monotonic() - began)
 
-        asyncio.run(_under_load(stack, roll, callers, result, timeout))
+        async def load() -> None:
+            await stack.services_back([RUNNER], timeout)
+            await under_load(stack.member, f"{WORKSPACE}/{RUNNER}", roll, callers, result)
+
+        asyncio.run(load())
     result.kills, result.peak_pods = kubelet.kills, kubelet.peak
     return result
 
@@ -493,15 +497,19 @@ def _until(
         time.sleep(0.1)
 
 
-async def _under_load(
-    stack: BridgeStack, roll: Callable[[], None], callers: int, result: Result, timeout: float
+async def under_load(
+    member: Callable[[], Awaitable[Any]],
+    service_id: str,
+    roll: Callable[[], None],
+    callers: int,
+    result: Result,
 ) -> None:
-    """Run ``roll`` (blocking, in a thread) while ``callers`` callers call ``infer`` as
-    alice, a member of the bridge's workspace, each one call after the other."""
-    await stack.services_back([RUNNER], timeout)
-    alice = await stack.member()
+    """Run ``roll`` (blocking, in a thread) while ``callers`` callers call ``infer`` of the
+    example runner at ``service_id`` as the Hypha client ``member()`` makes, each one call
+    after the other, counting calls and failures (or wrong outputs) in ``result``."""
+    alice = await member()
     try:
-        runner = await alice.get_service(f"{WORKSPACE}/{RUNNER}")
+        runner = await alice.get_service(service_id)
         image = np.ones((64, 64), dtype=np.float32)
         expected = 1 / (1 + np.exp(-image))  # the example model's sigmoid
         done = asyncio.Event()

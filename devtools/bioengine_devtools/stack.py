@@ -31,8 +31,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -58,6 +59,24 @@ TEST_APPS = tools.REPO_ROOT / "tests" / "apps"
 # carol may only read its stats), the composed one reaches the blue Triton, the tile one
 # reads the example dataset.
 APP, COMPOSED, TILES = "nucleus-segmentation", "probability-segmentation", "zarr-tile-stats"
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    attempt: Callable[[], Awaitable[T]], what: str, timeout: float, interval: float
+) -> tuple[T, float]:
+    """Await ``attempt()`` every ``interval`` seconds until it returns instead of raising:
+    its result and the seconds that took (TimeoutError past ``timeout``, with the last error)."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await attempt(), time.monotonic() - started
+        except Exception as err:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{what}: not after {timeout:.0f}s: {err!r}") from err
+            await asyncio.sleep(interval)
 
 
 def example(name: str) -> list[dict[str, Any]]:
@@ -481,22 +500,18 @@ class BridgeStack:
     async def services_back(self, ids: list[str], timeout: float) -> float:
         """Seconds until alice, a member of the workspace, can get and call every service in
         ``ids`` (each one's ``get_status`` where it has one); TimeoutError past ``timeout``."""
-        started = time.monotonic()
-        while True:
+
+        async def attempt() -> None:
+            alice = await self.member()
             try:
-                alice = await self.member()
-                try:
-                    for sid in ids:
-                        service = await alice.get_service(f"{WORKSPACE}/{sid}")
-                        if "get_status" in service:
-                            await service.get_status()
-                finally:
-                    await alice.disconnect()
-                return time.monotonic() - started
-            except Exception as err:
-                if time.monotonic() - started > timeout:
-                    raise TimeoutError(f"services {ids} not back after {timeout}s: {err}") from err
-                await asyncio.sleep(0.25)
+                for sid in ids:
+                    service = await alice.get_service(f"{WORKSPACE}/{sid}")
+                    if "get_status" in service:
+                        await service.get_status()
+            finally:
+                await alice.disconnect()
+
+        return (await eventually(attempt, f"services {ids} back", timeout, 0.25))[1]
 
     def log_tails(self) -> str:
         logs = sorted(self.workdir.glob("*.log")) + sorted(self.cluster.logs.glob("*.log"))

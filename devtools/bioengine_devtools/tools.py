@@ -54,12 +54,16 @@ class GoTool:
     module: str  # directory under tools/
     main_module: str  # the required module whose version is the pin
     binaries: dict[str, str]  # binary name -> package path
+    # Built without cgo: the binary goes alone into a container image (no libc there).
+    static: bool = False
 
     @property
     def module_dir(self) -> Path:
         return TOOLS_DIR / self.module
 
     def version(self) -> str:
+        if self.main_module == self.module_path():
+            return "local"  # built from this repository's own main.go
         gomod = (self.module_dir / "go.mod").read_text()
         match = re.search(
             rf"^\s*(?:require\s+)?{re.escape(self.main_module)}\s+(v\S+)", gomod, re.M
@@ -67,6 +71,10 @@ class GoTool:
         if not match:
             raise RuntimeError(f"{self.main_module} is not required in {self.module_dir}/go.mod")
         return match.group(1)
+
+    def module_path(self) -> str:
+        match = re.search(r"^module\s+(\S+)", (self.module_dir / "go.mod").read_text(), re.M)
+        return match.group(1) if match else ""
 
     def ldflags(self) -> tuple[str, ...]:
         if self.module == "k8s":
@@ -78,8 +86,13 @@ class GoTool:
     def cache_dir(self) -> Path:
         digest = hashlib.sha256()
         for name in ("go.mod", "go.sum"):
-            digest.update((self.module_dir / name).read_bytes())
+            if (self.module_dir / name).exists():  # a module without dependencies has no sum
+                digest.update((self.module_dir / name).read_bytes())
+        for source in sorted(self.module_dir.glob("*.go")):  # a module's own main package
+            digest.update(source.name.encode() + source.read_bytes())
         digest.update("\n".join(self.ldflags()).encode())
+        if self.static:
+            digest.update(b"CGO_ENABLED=0")
         return cache_root() / f"{self.module}-{self.version()}-{digest.hexdigest()[:12]}"
 
 
@@ -92,7 +105,14 @@ TOOLS: dict[str, GoTool] = {
             "k8s.io/kubernetes",
             {
                 name: f"k8s.io/kubernetes/cmd/{name}"
-                for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+                for name in (
+                    "kube-apiserver",
+                    "kube-controller-manager",
+                    "kube-scheduler",
+                    # the real node (--nodes real)
+                    "kubelet",
+                    "kube-proxy",
+                )
             },
         ),
         GoTool("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
@@ -102,6 +122,19 @@ TOOLS: dict[str, GoTool] = {
             {"kuberay-operator": "github.com/ray-project/kuberay/ray-operator"},
         ),
         GoTool("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
+        # The real node's cluster DNS and pod sandbox, each alone in a container image.
+        GoTool(
+            "coredns",
+            "github.com/coredns/coredns",
+            {"coredns": "bioengine-operator/tools/coredns"},
+            static=True,
+        ),
+        GoTool(
+            "pause",
+            "bioengine-operator/tools/pause",
+            {"pause": "bioengine-operator/tools/pause"},
+            static=True,
+        ),
     )
 }
 
@@ -130,6 +163,7 @@ def build(tool: GoTool, log: bool = True) -> Path:
                     package,
                 ],
                 cwd=tool.module_dir,
+                env={**os.environ, "CGO_ENABLED": "0"} if tool.static else None,
                 check=True,
             )
             if log:

@@ -34,8 +34,15 @@ CLONE_NEWNET = 0x40000000
 @dataclasses.dataclass
 class LoopbackNamespace:
     workdir: Path
+    # Killed with its owner (the default); off only for a namespace meant to outlive the
+    # command that started it (the development cluster's `up`).
+    tie_to_parent: bool = True
     holder: subprocess.Popen[bytes] | None = None
     init_pid: int = 0  # host PID of the namespace's PID 1
+
+    def script(self) -> str:
+        """What the namespace's first process runs: set the namespace up, then hold it."""
+        return "ip link set lo up && exec sleep infinity"
 
     def start(self, timeout: float = 15.0) -> None:
         self.holder = procs.spawn(
@@ -51,11 +58,12 @@ class LoopbackNamespace:
                 "--kill-child=SIGKILL",
                 "sh",
                 "-c",
-                "ip link set lo up && exec sleep infinity",
+                self.script(),
             ],
             self.workdir / "netns.log",
             # unshare --fork ignores SIGTERM: were the owner to crash, all of Ray would stay.
             death_signal=signal.SIGKILL,
+            tie_to_parent=self.tie_to_parent,
         )
         children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
 
@@ -110,13 +118,22 @@ class LoopbackNamespace:
 
 
 def relay(
-    namespace: LoopbackNamespace, target_port: int, log: Path
+    namespace: LoopbackNamespace, target_port: int, log: Path, target_host: str = "127.0.0.1"
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a relay from a free host loopback port to ``127.0.0.1:target_port`` inside."""
+    """Start a relay from a free host loopback port to ``target_host:target_port`` inside
+    (its loopback, or an address only the namespace routes, such as a Service's)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    return _spawn(namespace, port, target_port, log), port
+    proc = _spawn(
+        namespace,
+        port,
+        target_port,
+        log,
+        f"--target-host={target_host}",
+        tie=namespace.tie_to_parent,
+    )
+    return proc, port
 
 
 def reverse_relay(
@@ -130,7 +147,7 @@ def reverse_relay(
 
 
 def _spawn(
-    namespace: LoopbackNamespace, listen: int, target: int, log: Path, *flags: str
+    namespace: LoopbackNamespace, listen: int, target: int, log: Path, *flags: str, tie: bool = True
 ) -> subprocess.Popen[bytes]:
     """The relay process, once its listening socket is bound (it touches a ready file)."""
     ready = log.with_suffix(".ready")
@@ -147,6 +164,7 @@ def _spawn(
             *flags,
         ],
         log,
+        tie_to_parent=tie,
     )
     try:
         procs.wait_for(ready.exists, "relay", 15, proc=proc, log=log)
@@ -156,7 +174,8 @@ def _spawn(
     return proc
 
 
-def _setns(path: str | int) -> None:
+def setns(path: str | int) -> None:
+    """Move the calling thread into the network namespace at ``path`` (or of an open fd)."""
     fd = os.open(path, os.O_RDONLY) if isinstance(path, str) else path
     if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "setns failed")
@@ -172,11 +191,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _serve(listener: socket.socket, target_port: int) -> None:
+async def _serve(listener: socket.socket, target_host: str, target_port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", target_port
+                target_host, target_port
             )
         except OSError:
             writer.close()
@@ -194,12 +213,15 @@ def main() -> None:
     parser.add_argument("--listen-host", default="127.0.0.1", help="a loopback address")
     parser.add_argument("--netns", required=True)
     parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument(
+        "--target-host", default="127.0.0.1", help="inside the namespace (not with --reverse)"
+    )
     parser.add_argument("--reverse", action="store_true", help="listen inside, connect out")
     parser.add_argument("--ready-file", type=Path, help="touched once listening")
     args = parser.parse_args()
     host = os.open("/proc/self/ns/net", os.O_RDONLY) if args.reverse else -1
     if args.reverse:
-        _setns(args.netns)
+        setns(args.netns)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if not args.listen_host.startswith("127."):
@@ -207,10 +229,12 @@ def main() -> None:
     listener.bind((args.listen_host, args.listen_port))
     listener.listen(128)
     # Upstream sockets are made after this: inside the netns (relay) or on the host (reverse).
-    _setns(host if args.reverse else args.netns)
+    setns(host if args.reverse else args.netns)
     if args.ready_file:
         args.ready_file.touch()
-    asyncio.run(_serve(listener, args.target_port))
+    if args.reverse and not args.target_host.startswith("127."):
+        parser.error("--target-host must be a loopback address with --reverse (the host's)")
+    asyncio.run(_serve(listener, args.target_host, args.target_port))
 
 
 if __name__ == "__main__":

@@ -112,28 +112,40 @@ class HyphaServer(ManagedServer):
         self, user_id: str, email: str, workspace: str | None = None, permission: str = "read_write"
     ) -> str:
         """A token for ``user_id``, minted offline with the server's JWT secret."""
-        argv = [
-            str(venv("hypha") / "bin" / "python"),
-            "-m",
-            "hypha",
-            "generate-token",
-            f"--user-id={user_id}",
-            f"--email={email}",
-            "--role=user",
-            f"--permission={permission}",
-            "--expires-in=86400",
-        ]
-        if workspace:
-            argv.append(f"--workspace={workspace}")
-        out = subprocess.run(
-            argv,
-            env={**os.environ, "HYPHA_JWT_SECRET": self.jwt_secret},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        return out.strip().splitlines()[-1].split()[-1]
+        return mint_token(self.jwt_secret, user_id, email, workspace, permission)
+
+
+def mint_token(
+    jwt_secret: str,
+    user_id: str,
+    email: str,
+    workspace: str | None = None,
+    permission: str = "read_write",
+) -> str:
+    """A token of a Hypha server for ``user_id``, minted offline from its JWT secret (as
+    ``python -m hypha generate-token`` does, in the Hypha environment)."""
+    argv = [
+        str(venv("hypha") / "bin" / "python"),
+        "-m",
+        "hypha",
+        "generate-token",
+        f"--user-id={user_id}",
+        f"--email={email}",
+        "--role=user",
+        f"--permission={permission}",
+        "--expires-in=86400",
+    ]
+    if workspace:
+        argv.append(f"--workspace={workspace}")
+    out = subprocess.run(
+        argv,
+        env={**os.environ, "HYPHA_JWT_SECRET": jwt_secret},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return out.strip().splitlines()[-1].split()[-1]
 
 
 def write_model_repository(files: dict[str, str], destination: Path) -> list[str]:
