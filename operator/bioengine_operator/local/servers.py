@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from bioengine_operator.local.envs import venv
 from bioengine_operator.local.procs import free_port
 
 # Hypha server settings for a server that a bridge registers with (also set by the chart).
+logger = logging.getLogger(__name__)
 BRIDGE_RATE_LIMITS = {"HYPHA_WS_MSG_RATE_LIMIT": "10000", "HYPHA_WS_MSG_BURST_LIMIT": "20000"}
 
 
@@ -263,7 +265,21 @@ class RayServe:
     ) -> None:
         """``env``: what a Ray pod's container env would add (the workers inherit it).
         ``num_cpus``: logical CPUs, more than this machine's when several apps' replicas
-        share it."""
+        share it. A head that crashes while starting is started once more, in a fresh
+        namespace: ``ray start`` was seen to abort now and then (SIGABRT from gRPC's poller,
+        "epoll_wait error: Bad file descriptor") on a loaded machine."""
+        for attempt in (1, 2):
+            try:
+                self._start(python_path, timeout, env, num_cpus)
+                return
+            except RuntimeError as err:  # the head exited: a timeout is not retried
+                if attempt == 2 or "process exited" not in str(err):
+                    raise
+                logger.warning("Ray's head exited while starting; starting it again: %s", err)
+
+    def _start(
+        self, python_path: list[Path], timeout: float, env: dict[str, str] | None, num_cpus: int
+    ) -> None:
         self.reverse: list[subprocess.Popen[bytes]] = []
         self.namespace = netns.LoopbackNamespace(self.workdir)
         self.namespace.start()
