@@ -391,6 +391,7 @@ def test_a_real_node_leaves_nothing_behind_when_its_owner_is_killed(tmp_path: Pa
     )
     assert down.returncode == 0, down.stderr
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{node.cgroup_name('crash')}"))
+    assert not list(workdir.glob("node-*/containerd"))  # gigabytes of unpacked images
 
 
 def node_processes(cluster_name: str) -> list[str]:

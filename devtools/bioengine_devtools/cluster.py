@@ -232,7 +232,7 @@ class DevCluster:
             self._procs.pop(name, None)
         if self.namespace is not None:
             self.namespace = None
-            node_mod.remove_cgroups(self.name)
+            node_mod.remove_leftovers(self.name, self.workdir)
         self._save_state()
 
     def _start_namespace(self) -> None:
@@ -622,7 +622,7 @@ def stop_recorded(workdir: Path) -> list[str]:
             stopped.append(name)
     state_file.unlink()
     if NAMESPACE in state["pids"]:
-        node_mod.remove_cgroups(state["name"])
+        node_mod.remove_leftovers(state["name"], workdir)
     return stopped
 
 

@@ -27,8 +27,9 @@ namespace; the nodes and the whole control plane run inside, entered with ``nsen
   Service name, as it would in a pod).
 
 What stays on the host after a crash is only the kubelets' cgroups (cgroupfs is global),
-under ``/<cgroup subsystem>/bioengine-<cluster>``: :func:`remove_cgroups` clears them before a
-start and after a stop.
+under ``/<cgroup subsystem>/bioengine-<cluster>``, and files in the cluster's work directory:
+:func:`remove_cgroups` clears the cgroups before a start, :func:`remove_leftovers` the cgroups
+and the containerds' unpacked images after a stop (and at ``down``).
 
 Settings that mattered on this machine (a VM, cgroup v1, root without CAP_SYS_RESOURCE) are
 commented where they are set; ../shared/PLATFORM.md "A real node" has the measurements.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -143,6 +145,14 @@ def remove_cgroups(cluster_name: str) -> None:
         _rmdir(top, busy)
     if busy:
         raise RuntimeError(f"cgroups still in use: {', '.join(busy[:5])}")
+
+
+def remove_leftovers(cluster_name: str, workdir: Path) -> None:
+    """What the nodes leave once their namespaces are gone: the kubelets' cgroups, and the
+    containerds' roots (every image unpacked, gigabytes per node); the logs stay."""
+    remove_cgroups(cluster_name)
+    for root in workdir.glob("node-*/containerd"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _rmdir(directory: Path, busy: list[str]) -> None:
