@@ -572,16 +572,9 @@ class DevCluster:
         check: bool = True,
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        return tools.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args], check=check, stdin=stdin
         )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
 
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
         """The object as JSON, or ``{}`` when it does not exist (yet)."""

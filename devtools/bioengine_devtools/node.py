@@ -312,21 +312,9 @@ class RealNode:
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert self.cluster.namespace is not None
-        result = subprocess.run(
-            [
-                *self.cluster.namespace.enter(),
-                "ctr",
-                f"--address={self.socket}",
-                "--namespace=k8s.io",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"ctr {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
+        enter = self.cluster.namespace.enter()
+        ctr = ["ctr", f"--address={self.socket}", "--namespace=k8s.io", *args]
+        return tools.run([*enter, *ctr], check=check, timeout=600)
 
     def _import_images(self) -> None:
         """Every image from its archive, in parallel: no registry is ever asked."""

@@ -121,10 +121,7 @@ class ChartStack:
             "HELM_DATA_HOME": str(home / "data"),
         }
         argv = [str(tools.binary("helm")), f"--kubeconfig={self.cluster.kubeconfig}", *args]
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"helm {' '.join(args)} failed:\n{result.stderr}")
-        return result.stdout
+        return tools.run(argv, env=env, timeout=900).stdout
 
     def values(self) -> list[str]:
         """The chart's values of this lane: its bundled Hypha, and the images built here

@@ -205,5 +205,23 @@ def module_source(module: str, tool_module: str) -> Path:
     return Path(match.group(1))
 
 
+def run(
+    argv: list[str],
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command line tool (kubectl, ctr, helm) and capture its output; with ``check``, a
+    failure raises with the tool's own words."""
+    result = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result
+
+
 def build_all() -> dict[str, Path]:
     return {name: build(tool) for name, tool in TOOLS.items()}
