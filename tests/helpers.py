@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from typing import Any
 
@@ -10,7 +11,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_operator.local import procs
+from bioengine_devtools import tools
+from bioengine_operator.local import envs, procs
 
 GROUP_VERSION = "bioengine.bioimage.io/v1alpha1"
 TIMEOUT = 60.0
@@ -95,3 +97,10 @@ def app_spec(**fields: Any) -> dict[str, Any]:
         "source": {"image": {}},
         **fields,
     }
+
+
+def absent_from_ray(module: str) -> bool:
+    """Whether the Ray environment lacks ``module`` (so an app needing it must install it)."""
+    python = envs.venv("ray", tools.REPO_ROOT) / "bin" / "python"
+    found = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
+    return found.returncode != 0

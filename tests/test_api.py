@@ -92,7 +92,9 @@ MINIMAL_APP = {
     [
         ({"entry": "not an import path"}, "String should match pattern"),
         ({"id": "Not_An_Id"}, "String should match pattern"),
-        ({"source": {}}, "exactly one of configMap, uri, image"),
+        ({"source": {}}, "exactly one of configMap, uri, image, zip"),
+        ({"source": {"zip": {"configMaps": []}}}, "at least 1 item"),
+        ({"source": {"zip": {"configMaps": ["Code_0"]}}}, "String should match pattern"),
         ({"source": {"uri": "https://x/app.zip", "image": {}}}, "exactly one of"),
         ({"source": {"uri": "ftp://x/app.zip"}}, "String should match pattern"),
         ({"datasets": "cells"}, "valid list"),
@@ -131,7 +133,7 @@ def test_model_runner_requires_models_and_one_repository() -> None:
 def test_cel_rules_are_in_the_crds() -> None:
     text = "".join(crds.render(kind) for kind in crds.KINDS)
     for message in (
-        "exactly one of configMap, uri, image must be set",
+        "exactly one of configMap, uri, image, zip must be set",
         "exactly one of s3, pvc, configMap must be set",
         "exactly one of pvc, hostPath, s3 must be set",
         "minReplicas must not exceed maxReplicas",

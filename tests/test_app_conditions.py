@@ -66,3 +66,26 @@ def test_a_failing_upgrade_is_reported_apart_from_the_serving_cluster() -> None:
     current, upgrade = serve_conditions(body, "seg")
     assert current[0] is True
     assert upgrade[:2] == (False, "SmokeTestFailed")
+
+
+PIP_FAILURE = (
+    "The deployment failed to start 3 times in a row. Error:\n"
+    "Exception when allocating Replica(id='6vxs3f40', deployment='PipApp', app='pip'): "
+    "Failed to set up runtime environment.\n"
+    "ray._private.runtime_env.utils.SubprocessCalledProcessError: Run cmd[13] failed with "
+    "the following details.\nLast 50 lines of stdout:\n"
+    "    ERROR: Could not find a version that satisfies the requirement tabulate==9.9 "
+    "(from versions: 0.8.10, 0.9.0)\n"
+    "    ERROR: No matching distribution found for tabulate==9.9\n"
+)
+
+
+def test_a_requirement_pip_cannot_install_quotes_pips_error_line() -> None:
+    """As Ray's runtime_env agent reports it: the app's own name, then pip's last word."""
+    failed = side("DEPLOY_FAILED", {"PipApp": {"status": "DEPLOY_FAILED", "message": PIP_FAILURE}})
+    assert serve_conditions(ray_service(active=failed), "seg")[0] == (
+        False,
+        "DeployFailed",
+        "PipApp: pip could not install the app's requirements: "
+        "No matching distribution found for tabulate==9.9",
+    )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -116,12 +121,53 @@ def test_an_entry_inside_the_folder_as_a_package_mounts_the_folder_as_that_packa
     assert {"key": "demo--main.py", "path": "demo_app/demo/main.py"} in items
 
 
-def test_a_folder_over_the_config_map_limit_points_to_the_zip_source(tmp_path: Path) -> None:
-    folder = make_app(tmp_path)
-    (folder / "weights.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, base64 grows it
-    result = bioengine("render", str(folder))
-    assert result.returncode == 2
-    assert "over Kubernetes' limit" in result.stderr and "--source-uri" in result.stderr
+def large_app(tmp_path: Path, manifest: str = MANIFEST) -> Path:
+    """The demo app with 600 kB of incompressible data: over one ConfigMap's limit."""
+    folder = make_app(tmp_path, manifest)
+    (folder / "weights.bin").write_bytes(random.Random(0).randbytes(600_000))
+    return folder
+
+
+def parts_of(objects: list[dict[str, Any]]) -> bytes:
+    """The zip a zip source's ConfigMaps hold, joined in the order the app lists them."""
+    config_maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    names = objects[-1]["spec"]["source"]["zip"]["configMaps"]
+    return b"".join(base64.b64decode(config_maps[n]["binaryData"]["part"]) for n in names)
+
+
+def test_a_folder_over_one_config_map_ships_as_a_zip_split_over_several(tmp_path: Path) -> None:
+    folder = large_app(tmp_path)
+    result = bioengine("render", str(folder), "-n", "lab")
+    assert result.returncode == 0, result.stderr
+    *parts, app = yaml.safe_load_all(result.stdout)
+    names = [f"demo-app-code-{i}" for i in range(4)]  # 600 kB of zip in parts of PART_SIZE
+    assert [p["metadata"]["name"] for p in parts] == names
+    assert app["spec"]["source"] == {"zip": {"configMaps": names}}
+    for part in parts:
+        assert part["metadata"]["namespace"] == "lab"
+        assert set(part["binaryData"]) == {"part"} and not part["data"]
+        assert appfolder.content_size(part) <= appfolder.CONFIG_MAP_LIMIT
+    assert parts_of([*parts, app]) == appfolder.zip_of(appfolder.files_of(folder))
+    assert "shipped as a zip over 4 ConfigMaps" in result.stderr
+    BioEngineAppSpec.model_validate(app["spec"])
+
+
+def test_a_zip_holds_the_folder_as_a_package_too_when_the_entry_imports_it(
+    tmp_path: Path,
+) -> None:
+    folder = large_app(tmp_path, MANIFEST.replace("demo.main:", "demo_app.demo.main:"))
+    files = appfolder.unzip(parts_of(appfolder.render(folder).objects))
+    assert files["demo/main.py"] == files["demo_app/demo/main.py"] == b"import bioengine\n"
+    assert files["weights.bin"] == (folder / "weights.bin").read_bytes()
+
+
+def test_a_folder_too_large_even_for_a_zip_points_to_the_uri_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(appfolder, "ZIP_PARTS_MAX", 3)
+    with pytest.raises(appfolder.AppFolderError, match=r"over the \d+ that ConfigMaps carry"):
+        appfolder.render(large_app(tmp_path))
+    folder = tmp_path / "demo-app"
     zipped = tmp_path / "app.zip"
     result = bioengine(
         "render", str(folder), "--source-uri", "https://x.org/app.zip", "--zip", str(zipped)
@@ -129,11 +175,29 @@ def test_a_folder_over_the_config_map_limit_points_to_the_zip_source(tmp_path: P
     assert result.returncode == 0, result.stderr
     (app,) = yaml.safe_load_all(result.stdout)
     assert app["spec"]["source"] == {"uri": "https://x.org/app.zip"}
-    import zipfile
-
     with zipfile.ZipFile(zipped) as archive:
         assert "demo/main.py" in archive.namelist()
         assert "weights.bin" in archive.namelist()
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ("../escape.py", "'../escape.py' leaves the app's folder"),
+        ("/etc/escape.py", "'/etc/escape.py' leaves the app's folder"),
+        ("a/../../escape.py", "leaves the app's folder"),
+    ],
+)
+def test_a_zip_with_a_file_outside_the_folder_is_refused(member: str, message: str) -> None:
+    content = appfolder.zip_of({"main.py": b"", member: b"x"})
+    with pytest.raises(appfolder.AppFolderError, match=re.escape(message)):
+        appfolder.unzip(content)
+
+
+def test_a_corrupt_zip_is_refused() -> None:
+    content = appfolder.zip_of({"main.py": b"print(1)\n" * 100})
+    with pytest.raises(appfolder.AppFolderError, match="not a valid zip"):
+        appfolder.unzip(content[: len(content) // 2])
 
 
 def test_the_example_app_is_the_rendered_apps_folder() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import sys
 import threading
@@ -20,11 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bioengine  # the runtime, on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pytest
 import zarr
 from conftest import register_logs
 from helpers import (
+    absent_from_ray,
     app_spec,
     condition,
     json_log_records,
@@ -46,6 +49,7 @@ from bioengine_devtools.stack import (
     TILES,
     WORKSPACE,
     BridgeStack,
+    eventually,
     simulate_rayservice_status,
 )
 from bioengine_operator.runtime import codec
@@ -230,9 +234,9 @@ def test_an_app_in_the_upstream_layout_runs_unchanged(stack: BridgeStack) -> Non
     """Entry inside the folder-as-package, a runtime in a namespace package importing a
     top-level helper, pip list read from a file, multiplexing, a sync method, a page."""
     folder = Path(__file__).parent / "apps" / "package-app"
-    name = stack.apply_app(folder, {"classes": {"PackageApp": {"initKwargs": {"suffix": "?"}}}})
-    try:
-        stack.deploy_apps()
+    with stack.running_app(
+        folder, {"classes": {"PackageApp": {"initKwargs": {"suffix": "?"}}}}
+    ) as name:
         stack.wait_app(name, "Ready")
         base = f"http://127.0.0.1:{stack.ray.port}/{name}"
 
@@ -248,10 +252,72 @@ def test_an_app_in_the_upstream_layout_runs_unchanged(stack: BridgeStack) -> Non
         assert call("datasets") == {}
         with urllib.request.urlopen(f"{base}/__frontend__/", timeout=30) as page:
             assert b"<title>Package App</title>" in page.read()
-    finally:
-        stack.cluster.kubectl("-n", NS, "delete", "bea", name, "--wait=true")
-        wait_for(lambda: not stack.cluster.get(NS, "rayservice", name), "RayService collected")
-        stack.deploy_apps()
+
+
+def test_a_pip_requirement_the_ray_image_lacks_is_installed_for_the_app(
+    stack: BridgeStack,
+) -> None:
+    """``pip=["tabulate==0.9.0"]``, which the Ray environment lacks: Ray installs it for the
+    app's replicas from the package index (in this test, through the one proxy that Ray's
+    loopback-only namespace is given: pip reaches the index and nothing else)."""
+    folder = Path(__file__).parent / "apps" / "pip-app"
+    assert absent_from_ray("tabulate")
+    with stack.running_app(folder, {}) as name:
+        stack.wait_app(name, "Ready")
+        body = codec.dumps([[], {"rows": [["a", 1], ["bc", 22]]}])
+        url = f"http://127.0.0.1:{stack.ray.port}/{name}/table"
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as got:
+            answer = codec.loads(got.read())
+        assert answer == {
+            "table": "a    1\nbc  22",
+            "tabulate": "0.9.0",
+            "bioengine": bioengine.__version__,
+        }
+
+
+def test_an_app_reads_its_dataset_over_http_as_the_user_who_calls_it(
+    stack: BridgeStack,
+) -> None:
+    """``bioengine.datasets.list_files`` / ``get_file`` (a file's bytes, a zarr store) read
+    the dataset from its server over HTTP with the caller's token, which the bridge mints for
+    each call: alice, whom the dataset lists, reads it; carol, whom the app admits but the
+    dataset does not, is refused by the dataset server."""
+    folder = Path(__file__).parent / "apps" / "data-app"
+    readme = stack.workdir / "dataset" / "README.txt"
+
+    async def _get_service(user: str, service: str) -> None:
+        member = await client(stack, user)
+        try:
+            await member.get_service(f"{WORKSPACE}/{service}")
+        finally:
+            await member.disconnect()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str]:
+        await eventually(lambda: _get_service("alice", name), f"{name} registered", 120, 0.5)
+        alice, carol = await client(stack, "alice"), await client(stack, "carol")
+        try:
+            app = await alice.get_service(f"{WORKSPACE}/{name}")
+            read = await app.read(dataset=DATASET, path="README.txt")
+            summed = await app.array_sum(dataset=DATASET, array_path="hela.zarr")
+            with pytest.raises(Exception) as refused:
+                await (await carol.get_service(f"{WORKSPACE}/{name}")).read(
+                    dataset=DATASET, path="README.txt"
+                )
+            return read, summed, str(refused.value)
+        finally:
+            await alice.disconnect()
+            await carol.disconnect()
+
+    with stack.running_app(folder, {"datasets": [DATASET], "authorizedUsers": ["*"]}) as name:
+        stack.wait_app(name, "Ready")
+        read, summed, refused = run(scenario())
+        assert "README.txt" in read["files"] and "hela.zarr/zarr.json" in read["files"]
+        assert read["top"] == ["README.txt", "hela.zarr/"]
+        assert read["size"] == readme.stat().st_size
+        assert read["sha256"] == hashlib.sha256(readme.read_bytes()).hexdigest()
+        assert summed["shape"] == [256, 256]
+        assert summed["sum"] == pytest.approx(float(stack.image.astype(np.float64).sum()))
+        assert "DataServerError: dataset server answered 403" in refused
 
 
 def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(
@@ -260,9 +326,7 @@ def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(
     folder = Path(__file__).parent / "apps" / "flaky-app"
     flag = tmp_path / "unwell"
     settings = {"envVars": {"FAIL_SMOKE": "1", "FLAKY_FLAG": str(flag)}}
-    name = stack.apply_app(folder, settings)
-    try:
-        stack.deploy_apps()
+    with stack.running_app(folder, settings) as name:
         app = stack.wait_app(name, "Failed")
         serving = condition(app["status"], "ServeApplicationHealthy")
         assert (serving["status"], serving["reason"]) == ("False", "SmokeTestFailed")
@@ -283,10 +347,6 @@ def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(
         wait_for_warning(stack.cluster, NS, name, "HealthCheckFailed")
         flag.unlink()
         stack.wait_app(name, "Ready")
-    finally:
-        stack.cluster.kubectl("-n", NS, "delete", "bea", name, "--wait=true")
-        wait_for(lambda: not stack.cluster.get(NS, "rayservice", name), "RayService collected")
-        stack.deploy_apps()
 
 
 def test_model_runner_infer_and_metadata(stack: BridgeStack) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from bioengine_operator import conditions
+from bioengine_operator import appfolder, conditions
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
@@ -305,6 +309,84 @@ def test_changed_code_changes_every_ray_pod_template() -> None:
         assert before != after
 
 
+ZIP_SOURCE = {"zip": {"configMaps": ["seg-code-0", "seg-code-1", "seg-code-2"]}}
+
+
+def pod_templates(service: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = service["spec"]["rayClusterConfig"]
+    return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+
+
+def test_a_zip_source_is_unpacked_into_every_ray_pod_where_a_config_map_is_mounted() -> None:
+    templates = pod_templates(app_service(source=ZIP_SOURCE))
+    assert len(templates) == 2  # the head and the GPU worker group
+    for template in templates:
+        pod = template["spec"]
+        (ray,) = pod["containers"]
+        (unzip,) = pod["initContainers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["app"] == {"name": "app", "emptyDir": {}}
+        assert volumes["app-zip"]["projected"]["sources"] == [
+            {
+                "configMap": {
+                    "name": f"seg-code-{i}",
+                    "items": [{"key": "part", "path": f"part-{i}"}],
+                }
+            }
+            for i in range(3)
+        ]
+        app_mount = {"name": "app", "mountPath": rayservice.APP_DIR}
+        assert {**app_mount, "readOnly": True} in ray["volumeMounts"]
+        assert app_mount in unzip["volumeMounts"]  # writable there only
+        parts = [f"{rayservice.ZIP_DIR}/part-{i}" for i in range(3)]
+        assert unzip["command"] == ["python", "-c", rayservice.UNZIP, rayservice.APP_DIR, *parts]
+        assert unzip["image"] == ray["image"]
+        assert unzip["securityContext"] == ray["securityContext"]
+        assert ray["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "nvidia.com/gpu" not in unzip["resources"]["limits"]
+        env = {e["name"]: e["value"] for e in ray["env"]}
+        assert env["PYTHONPATH"] == f"{rayservice.ENTRY_DIR}:{rayservice.APP_DIR}"
+    assert all("initContainers" not in t["spec"] for t in pod_templates(app_service()))
+
+
+def run_unzip(tmp_path: Path, files: dict[str, bytes]) -> subprocess.CompletedProcess[str]:
+    """The init container's command of a zip source, run here: its folders moved under
+    ``tmp_path``, the zip of ``files`` split over the three part files."""
+    (unzip,) = pod_templates(app_service(source=ZIP_SOURCE))[0]["spec"]["initContainers"]
+    _, flag, script, target, *parts = unzip["command"]
+    assert target == rayservice.APP_DIR
+    content = appfolder.zip_of(files)
+    size = len(content) // len(parts) + 1
+    local_parts = []
+    for index, part in enumerate(parts):
+        local = tmp_path / "zip" / Path(part).name
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(content[index * size : (index + 1) * size])
+        local_parts.append(str(local))
+    app = tmp_path / "app"
+    app.mkdir()
+    command = [sys.executable, flag, script, str(app), *local_parts]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_the_init_container_unpacks_the_parts_into_the_app_folder(tmp_path: Path) -> None:
+    files = {"main.py": b"import bioengine\n", "lib/data.bin": random.Random(1).randbytes(5000)}
+    result = run_unzip(tmp_path, files)
+    assert result.returncode == 0, result.stderr
+    found = {p.relative_to(tmp_path / "app").as_posix() for p in (tmp_path / "app").rglob("*")}
+    assert found == {"main.py", "lib", "lib/data.bin"}
+    for path, content in files.items():
+        assert (tmp_path / "app" / path).read_bytes() == content
+
+
+def test_the_init_container_refuses_a_file_that_leaves_the_app_folder(tmp_path: Path) -> None:
+    result = run_unzip(tmp_path, {"main.py": b"", "../escape.py": b"x"})
+    assert result.returncode != 0
+    assert "the app's zip holds '../escape.py', which leaves the app's folder" in result.stderr
+    assert not (tmp_path / "escape.py").exists()
+    assert list((tmp_path / "app").iterdir()) == []  # refused before anything is written
+
+
 def test_gpu_worker_group() -> None:
     ray_cluster = app_service()["spec"]["rayClusterConfig"]
     (group,) = ray_cluster["workerGroupSpecs"]
@@ -322,7 +404,13 @@ def test_runtime_config_map_carries_the_entry_the_codec_and_the_authoring_api() 
     assert "def app(" in cm["data"]["bioengine_serve_entry.py"]
     assert "def dumps(" in cm["data"]["bioengine_codec.py"]
     assert "def app(" in cm["data"]["bioengine.py"]
-    assert set(cm["data"]) == {"bioengine_serve_entry.py", "bioengine_codec.py", "bioengine.py"}
+    assert "def create_logger(" in cm["data"]["bioengine_utils.py"]  # bioengine.utils
+    assert set(cm["data"]) == {
+        "bioengine_serve_entry.py",
+        "bioengine_codec.py",
+        "bioengine.py",
+        "bioengine_utils.py",
+    }
 
 
 DATASET = {

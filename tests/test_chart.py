@@ -845,7 +845,7 @@ WORKER_PROBE = """
 import asyncio, json, sys
 from pathlib import Path
 from bioengine_operator.bridge.endpoints import Endpoints
-from bioengine_operator.bridge.worker import Worker
+from bioengine_operator.bridge.worker import KubeObjects, Worker
 
 def folder_files(folder):
     return [
@@ -854,8 +854,8 @@ def folder_files(folder):
     ]
 
 async def main(namespace, folder):
-    worker = Worker(namespace, "ws", "rbac", "bioengine-bridge-rbac", ("alice",), Endpoints(),
-                    lambda: None, lambda name: False)
+    worker = Worker(KubeObjects(namespace), "ws", "rbac", "bioengine-bridge-rbac", ("alice",),
+                    Endpoints(), lambda: None, lambda name: False)
     admin = {"user": {"id": "alice"}}
     files = folder_files(Path(folder))
     artifact = await worker.upload_app(files=files, context=admin)

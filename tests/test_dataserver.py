@@ -500,6 +500,26 @@ def test_list_subdirectory(server: Server, path: str) -> None:
     }
 
 
+def test_a_recursive_listing_holds_every_file_below_and_nothing_outside(
+    server: Server, root: Path
+) -> None:
+    """``recursive=true``: the files of every folder below (as apps' ``list_files`` reads
+    them); a symlink back up the tree is listed once, and nothing leaving the root is."""
+    (root / "sub" / "deeper" / "leaf.txt").write_bytes(b"leaf")
+    (root / "sub" / "deeper" / "loop").symlink_to(root / "sub")
+    reply = server.get("/files?recursive=true", token=token_for())
+    assert reply.status == 200
+    assert [e["path"] for e in reply.json()["entries"]] == [
+        ".zattrs",
+        "alias.bin",
+        "blob.bin",
+        "sub/deeper/leaf.txt",
+        "sub/notes.txt",
+    ]
+    below = server.get("/files?path=sub&recursive=true", token=token_for()).json()
+    assert [e["path"] for e in below["entries"]] == ["sub/deeper/leaf.txt", "sub/notes.txt"]
+
+
 def test_list_missing_directory_is_404_and_a_file_is_400(server: Server) -> None:
     missing = server.get("/files?path=nope", token=token_for())
     assert missing.status == 404

@@ -9,6 +9,7 @@ server, all called through Hypha by ``examples/client.py``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,13 +25,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from helpers import absent_from_ray, wait_for
 from hypha_rpc import connect_to_server
 
 from bioengine_devtools import tools
+from bioengine_devtools.stack import eventually
+from bioengine_operator import appfolder
 from bioengine_operator.local import procs, servers, supervisor
 
 REPO = tools.REPO_ROOT
 BIOENGINE = [sys.executable, "-m", "bioengine_operator.user_cli"]
+PIP_APP = REPO / "tests" / "apps" / "pip-app"
+RUNTIME_VERSION = importlib.import_module("bioengine").__version__  # on pytest's pythonpath
 EXAMPLE_APPS = [REPO / "apps" / "nucleus-segmentation", REPO / "apps" / "probability-segmentation"]
 EXAMPLES = [
     "nucleus-segmentation",
@@ -386,7 +393,7 @@ def test_a_changed_dataset_updates_the_apps_that_mount_it(
 
 
 def test_a_failing_app_is_failed_with_its_error_and_the_others_keep_serving(
-    stack: Path, tmp_path: Path
+    stack: Path, data: Path, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken-app"
     broken.mkdir()
@@ -395,8 +402,9 @@ def test_a_failing_app_is_failed_with_its_error_and_the_others_keep_serving(
         "type: ray-serve\nformat_version: 0.6.0\nentry: broken:Broken\n"
     )
     (broken / "broken.py").write_text("import bioengine_no_such_module  # noqa\n")
-    answer = bioengine(*up_args(stack, broken), state=stack)
-    assert answer.returncode == 0, answer.stdout + answer.stderr
+    answer = bioengine(*up_args(data, broken), state=stack)
+    assert answer.returncode == 1, answer.stdout + answer.stderr  # part of it failed
+    assert "failed: broken-app" in answer.stderr
     found = rows(stack)
     assert found["broken-app"]["state"] == "Failed"
     assert "bioengine_no_such_module" in found["broken-app"]["message"]
@@ -408,13 +416,173 @@ def test_a_failing_app_is_failed_with_its_error_and_the_others_keep_serving(
     assert result["count"] == len(sample_data.CENTERS)
 
 
-async def _call(env: dict[str, str], service: str, method: str, **kwargs: Any) -> Any:
-    workspace = env["HYPHA_WORKSPACE"]
-    server = await connect_to_server(
-        {"server_url": env["HYPHA_SERVER_URL"], "workspace": workspace, "token": env["HYPHA_TOKEN"]}
+def test_pip_requirements_are_installed_per_app_and_one_pip_refuses_fails_quoting_pip(
+    stack: Path, data: Path, tmp_path: Path
+) -> None:
+    """An app in the upstream style needing ``tabulate``, which the Ray environment lacks, is
+    installed for it (Ray's namespace stays loopback-only: a proxy inside reaches only the
+    package index); an app asking for a version that does not exist ends ``Failed`` with
+    pip's own words, and ``up --detach`` says so in its exit status."""
+    assert absent_from_ray("tabulate")
+    bad = tmp_path / "bad-pip-app"
+    shutil.copytree(PIP_APP, bad)
+    manifest = (bad / "manifest.yaml").read_text().replace("id: pip-app", "id: bad-pip-app")
+    (bad / "manifest.yaml").write_text(manifest)
+    code = (bad / "pip_app.py").read_text().replace("tabulate==0.9.0", "tabulate==0.0.1")
+    (bad / "pip_app.py").write_text(code)
+    answer = bioengine(*up_args(data, PIP_APP, bad), "--detach", state=stack)
+    assert answer.returncode == 1, answer.stdout + answer.stderr
+    found = rows(stack)
+    assert found["pip-app"]["state"] == "Ready", found["pip-app"]
+    assert found["bad-pip-app"]["state"] == "Failed"
+    assert found["bad-pip-app"]["message"] == (
+        "DeployFailed: PipApp: pip could not install the app's requirements: "
+        "No matching distribution found for tabulate==0.0.1"
     )
+    env = user_env(stack, "alice@example.org")
+    table = asyncio.run(_call(env, "pip-app", "table", rows=[["a", 1], ["bc", 22]]))
+    assert table == {
+        "table": "a    1\nbc  22",
+        "tabulate": "0.9.0",
+        "bioengine": RUNTIME_VERSION,
+    }
+
+
+def test_a_failing_health_check_is_degraded_with_its_message_then_ready_again(
+    stack: Path, data: Path, tmp_path: Path
+) -> None:
+    """The health check fails while a flag file exists (and so do the replicas Serve starts
+    in place of the failing one); ``bioengine status`` follows Serve without an ``up``."""
+    flag = tmp_path / "unwell"
+    rendered = appfolder.render(
+        REPO / "tests" / "apps" / "flaky-app", overrides={"envVars": {"FLAKY_FLAG": str(flag)}}
+    )
+    resources_file = tmp_path / "flaky.yaml"
+    resources_file.write_text(yaml.safe_dump_all(rendered.objects))
+    answer = bioengine(*up_args(data, resources_file), "--detach", state=stack)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert rows(stack)["flaky-app"]["state"] == "Ready"
+    flag.touch()
+    wait_for(lambda: rows(stack)["flaky-app"]["state"] == "Degraded", "Degraded", timeout=120)
+    assert rows(stack)["flaky-app"]["message"].startswith("HealthCheckFailed: Flaky: ")
+    flag.unlink()
+    wait_for(lambda: rows(stack)["flaky-app"]["state"] == "Ready", "Ready again", timeout=120)
+
+
+def test_an_app_reads_its_dataset_over_http_as_the_user_who_calls_it(
+    stack: Path, data: Path, tmp_path: Path
+) -> None:
+    """``bioengine.datasets`` over HTTP on one machine: the dataset server is reached from
+    Ray's namespace at its Service's name, with the caller's token (alice is in the
+    dataset's list; carol, whom the app admits, is not)."""
+    rendered = appfolder.render(
+        REPO / "tests" / "apps" / "data-app",
+        overrides={"datasets": ["cell-images"], "authorizedUsers": ["*"]},
+    )
+    resources_file = tmp_path / "data-app.yaml"
+    resources_file.write_text(yaml.safe_dump_all(rendered.objects))
+    dataset = REPO / "examples" / "bioenginedataset.yaml"  # unchanged: it keeps running
+    answer = bioengine(*up_args(data, dataset, resources_file), "--detach", state=stack)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    alice = user_env(stack, "alice@example.org")
+    read = asyncio.run(_call(alice, "data-app", "read", dataset="cell-images", path="README.txt"))
+    readme = (data / "README.txt").read_bytes()
+    assert read["top"] == ["README.txt", "hela.zarr/"]
+    assert read["sha256"] == hashlib.sha256(readme).hexdigest()
+    summed = asyncio.run(
+        _call(alice, "data-app", "array_sum", dataset="cell-images", array_path="hela.zarr")
+    )
+    assert summed == {
+        "shape": list(sample_data.SHAPE),
+        "sum": pytest.approx(float(sample_data.nuclei_image().astype(np.float64).sum())),
+    }
+    carol = user_env(stack, "carol@example.org")
+    with pytest.raises(Exception, match="dataset server answered 403"):
+        asyncio.run(_call(carol, "data-app", "read", dataset="cell-images", path="README.txt"))
+
+
+def test_the_worker_service_deploys_apps_as_bioengines_own_clients_do(
+    tmp_path: Path, data: Path
+) -> None:
+    """``bioengine-worker`` on one machine, driven as BioEngine's client drives a worker:
+    ``upload_app`` of the files ``bioengine.utils.create_file_list_from_directory`` lists,
+    ``deploy_app``, ``get_app_status`` (deployments and logs from Ray's dashboard),
+    ``stop_app``, ``delete_app``; only ``--worker-admins`` may change apps."""
+    state = tmp_path / "state"
+    dataset = REPO / "examples" / "bioenginedataset.yaml"
+    admins = "--worker-admins=alice@example.org"
+    answer = bioengine(*up_args(data, dataset), "--detach", admins, state=state)
+    pid = supervisor.running_pid(state)
     try:
-        found = await server.get_service(f"{workspace}/{service}")
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        alice, carol = user_env(state, "alice@example.org"), user_env(state, "carol@example.org")
+        asyncio.run(_worker_lifecycle(alice, carol))
+        assert "nuclei" not in rows(state)  # stopped: gone from the stack too
+    finally:
+        pids = processes([pid, *procs.descendants(pid)]) if pid else []
+        assert bioengine("down", state=state).returncode == 0
+        assert stopped(pids) == []
+
+
+async def _worker_lifecycle(alice_env: dict[str, str], carol_env: dict[str, str]) -> None:
+    workspace = alice_env["HYPHA_WORKSPACE"]
+    alice, carol = await _connect(alice_env), await _connect(carol_env)
+    try:
+        worker = await alice.get_service(f"{workspace}/bioengine-worker")
+        as_carol = await carol.get_service(f"{workspace}/bioengine-worker")
+        utils = importlib.import_module("bioengine.utils")  # upstream's helper, as its CLI uses
+        files = utils.create_file_list_from_directory(EXAMPLE_APPS[0])
+        with pytest.raises(Exception, match="only the worker's admin users may upload_app"):
+            await as_carol.upload_app(files=files)
+        artifact = await worker.upload_app(files=files)
+        assert artifact == f"{workspace}/nucleus-segmentation"
+        assert (await worker.list_apps())[artifact]["versions"] == ["1.0.0"]
+        assert await worker.deploy_app(artifact_id=artifact, application_id="nuclei") == "nuclei"
+
+        async def running() -> dict[str, Any]:
+            found = await worker.get_app_status(application_ids=["nuclei"], logs_tail=50)
+            assert found["nuclei"]["status"] == "RUNNING", found["nuclei"]
+            return dict(found["nuclei"])
+
+        status = (await eventually(running, "nuclei RUNNING", 300, 1.0))[0]
+        assert (status["artifact_id"], status["version"]) == (artifact, "1.0.0")
+        deployment = status["deployments"]["NucleusSegmenter"]
+        assert deployment["replica_states"] == {"RUNNING": 1}
+        (replica_logs,) = deployment["logs"].values()
+        assert "nucleus segmentation smoke test passed" in replica_logs["stderr"]
+
+        async def segments() -> Any:
+            service = await alice.get_service(f"{workspace}/nuclei")
+            return await service.segment(image=sample_data.nuclei_image())
+
+        result = (await eventually(segments, "nuclei registered", 120, 1.0))[0]
+        assert result["count"] == len(sample_data.CENTERS)
+        with pytest.raises(Exception, match="only the worker's admin users may stop_app"):
+            await as_carol.stop_app(application_id="nuclei")
+        await worker.stop_app(application_id="nuclei")
+        gone = (await worker.get_app_status(application_ids=["nuclei"]))["nuclei"]
+        assert gone["status"] == "NOT_RUNNING"
+        await worker.delete_app(artifact)
+        assert artifact not in await worker.list_apps()
+    finally:
+        await alice.disconnect()
+        await carol.disconnect()
+
+
+async def _connect(env: dict[str, str]) -> Any:
+    return await connect_to_server(
+        {
+            "server_url": env["HYPHA_SERVER_URL"],
+            "workspace": env["HYPHA_WORKSPACE"],
+            "token": env["HYPHA_TOKEN"],
+        }
+    )
+
+
+async def _call(env: dict[str, str], service: str, method: str, **kwargs: Any) -> Any:
+    server = await _connect(env)
+    try:
+        found = await server.get_service(f"{env['HYPHA_WORKSPACE']}/{service}")
         return await getattr(found, method)(**kwargs)
     finally:
         await server.disconnect()

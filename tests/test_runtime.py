@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import subprocess
 from pathlib import Path
@@ -196,3 +197,49 @@ def test_the_app_folder_is_the_mount_point_not_the_kubelets_folder_behind_it(
         check=True,
     )
     assert out.stdout.strip() == str(mount)
+
+
+def test_the_runtime_version_is_the_operators() -> None:
+    """``from bioengine import __version__``, as upstream apps report it."""
+    from bioengine import __version__
+
+    assert __version__ == importlib.metadata.version("bioengine-operator")
+
+
+def test_utils_import_as_upstream_and_list_a_folder_for_upload(tmp_path: Path) -> None:
+    """``bioengine.utils`` is the module shipped beside ``bioengine``; its file list is what
+    the worker's ``upload_app`` takes: text as text, other bytes as base64."""
+    from bioengine.utils import create_file_list_from_directory
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "manifest.yaml").write_text("id: x\n")
+    (tmp_path / "sub" / "weights.bin").write_bytes(b"\xff\x00\x01")
+    assert create_file_list_from_directory(tmp_path) == [
+        {"name": "manifest.yaml", "content": "id: x\n", "type": "text"},
+        {"name": "sub/weights.bin", "content": "/wAB", "type": "base64"},
+    ]
+    with pytest.raises(ValueError, match="is not a directory"):
+        create_file_list_from_directory(tmp_path / "manifest.yaml")
+
+
+def test_create_logger_writes_to_its_file_once_however_often_it_is_created(
+    tmp_path: Path,
+) -> None:
+    log_file = tmp_path / "logs" / "app.log"
+    for _ in range(2):
+        logger = bioengine.utils.create_logger("bioengine-test-app", log_file=log_file)
+    logger.info("hello")
+    for handler in logger.handlers:
+        handler.flush()
+    assert log_file.read_text().count("bioengine-test-app - INFO - hello") == 1
+
+
+def test_check_permissions_admits_listed_users_by_id_or_email() -> None:
+    utils = bioengine.utils
+    alice = utils.create_context("alice", "alice@example.org")
+    utils.check_permissions(alice, ["alice@example.org"], "seg")
+    utils.check_permissions(alice, "*", "seg")
+    with pytest.raises(PermissionError, match="alice is not authorized to access seg"):
+        utils.check_permissions(alice, ["bob"], "seg")
+    with pytest.raises(PermissionError):
+        utils.check_permissions(alice, [], "seg")

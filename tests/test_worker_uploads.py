@@ -4,11 +4,13 @@ refused and why, and how deploy_app's arguments become a BioEngineApp."""
 from __future__ import annotations
 
 import base64
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bioengine_operator import appfolder
 from bioengine_operator.api.app import APP_NAME_MAX, BioEngineAppSpec
 from bioengine_operator.bridge import uploads
 from bioengine_operator.bridge.uploads import WorkerError
@@ -40,7 +42,7 @@ def with_manifest(files: list[dict[str, str]], manifest: str) -> list[dict[str, 
 
 def test_an_upload_is_one_configmap_holding_the_app_and_its_rendered_spec() -> None:
     files = folder_files(ROOT / "tests" / "apps" / "package-app")
-    stored_map = uploads.upload(files, "bioengine", "alice", "2026-11-30T00:00:00Z")
+    (stored_map,) = uploads.upload(files, "bioengine", "alice", "2026-11-30T00:00:00Z")
     stored = uploads.stored(stored_map)
     assert stored_map["metadata"]["namespace"] == "bioengine"
     assert stored_map["metadata"]["labels"][uploads.MANAGED_BY] == uploads.WORKER
@@ -53,17 +55,42 @@ def test_an_upload_is_one_configmap_holding_the_app_and_its_rendered_spec() -> N
     assert spec.source.config_map.name == stored_map["metadata"]["name"]
     # Tests and caches stay out, as bioengine render leaves them out.
     polluted = [*files, {"name": "tests/test_x.py", "content": "x", "type": "text"}]
-    assert uploads.upload(polluted, "ns", "a", "t")["data"] == stored_map["data"]
+    assert uploads.upload(polluted, "ns", "a", "t")[0]["data"] == stored_map["data"]
+
+
+def test_a_large_upload_is_a_zip_over_configmaps_that_share_its_labels() -> None:
+    files = folder_files(ROOT / "apps" / "nucleus-segmentation")
+    weights = random.Random(0).randbytes(600_000)
+    encoded = base64.b64encode(weights).decode()
+    large = [*files, {"name": "weights.bin", "content": encoded, "type": "base64"}]
+    config_maps = uploads.upload(large, "ns", "alice", "2026-11-30T00:00:00Z")
+    assert len(config_maps) == 4
+    for config_map in config_maps:
+        labels = config_map["metadata"]["labels"]
+        assert labels[uploads.MANAGED_BY] == uploads.WORKER
+        assert labels[uploads.ARTIFACT] == "nucleus-segmentation"
+        assert appfolder.content_size(config_map) <= appfolder.CONFIG_MAP_LIMIT
+    # One version, read from the first ConfigMap: the others are parts of its zip.
+    (stored,) = uploads.versions(config_maps)
+    assert stored.version == "1.0.0"
+    assert stored.files == sorted(f["name"] for f in large if not f["name"].startswith("tests/"))
+    names = [c["metadata"]["name"] for c in config_maps]
+    assert stored.spec["source"] == {"zip": {"configMaps": names}}
+    joined = b"".join(base64.b64decode(c["binaryData"]["part"]) for c in config_maps)
+    assert appfolder.unzip(joined)["weights.bin"] == weights
+    BioEngineAppSpec.model_validate(stored.spec)
 
 
 def test_versions_are_kept_apart_and_the_latest_is_the_last_uploaded() -> None:
     files = folder_files(ROOT / "apps" / "nucleus-segmentation")
     manifest = next(f["content"] for f in files if f["name"] == "manifest.yaml")
-    first = uploads.stored(uploads.upload(files, "ns", "alice", "2026-11-30T10:00:00Z"))
     newer = with_manifest(files, manifest.replace("version: 1.0.0", "version: 1.1.0"))
-    second = uploads.stored(uploads.upload(newer, "ns", "alice", "2026-11-30T11:00:00Z"))
+    first, second = uploads.versions(
+        uploads.upload(files, "ns", "alice", "2026-11-30T10:00:00Z")
+        + uploads.upload(newer, "ns", "alice", "2026-11-30T11:00:00Z")
+    )
     assert (first.version, second.version) == ("1.0.0", "1.1.0")
-    assert first.config_map != second.config_map
+    assert first.spec["source"] != second.spec["source"]  # each its own ConfigMap
     artifact = f"{WS}/nucleus-segmentation"
     assert uploads.pick([second, first], artifact, None) is second
     assert uploads.pick([second, first], artifact, "1.0.0") is first
@@ -109,7 +136,7 @@ def test_malformed_uploads_are_refused(files: Any, message: str) -> None:
 
 def test_deploy_arguments_become_the_bioengineapp_spec() -> None:
     files = folder_files(ROOT / "apps" / "nucleus-segmentation")
-    source = uploads.stored(uploads.upload(files, "ns", "alice", "t"))
+    (source,) = uploads.versions(uploads.upload(files, "ns", "alice", "t"))
     args = {
         "application_kwargs": {"NucleusSegmenter": {"default_sigma": 1.5}},
         "application_env_vars": {"*": {"DEBUG": "1"}, "NucleusSegmenter": {"LEVEL": 3}},

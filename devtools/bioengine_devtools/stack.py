@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,10 +44,11 @@ from hypha_rpc import connect_to_server
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process, tools
 from bioengine_operator import appfolder
+from bioengine_operator.api.app import ZIP_PART_KEY
 from bioengine_operator.builders import dataset as dataset_builder
-from bioengine_operator.builders import rayservice
+from bioengine_operator.builders import meta, rayservice
 from bioengine_operator.dataserver import tokens
-from bioengine_operator.local import netns, procs, servers
+from bioengine_operator.local import procs, servers
 
 NS = "default"
 EXAMPLES = tools.REPO_ROOT / "examples"
@@ -304,19 +306,29 @@ class BridgeStack:
         self.ray.start([entry, *code], env={"BIOENGINE_DATA_DIR": str(mounts)})
         self._stoppers.append(self.ray.stop)
         # Ray's dashboard, as the bridge reaches it at <app>-head-svc:8265 in a cluster.
-        assert self.ray.namespace is not None
-        relay, self.dashboard_port = netns.relay(
-            self.ray.namespace, rayservice.DASHBOARD_PORT, self.workdir / "dashboard-relay.log"
-        )
-        self._stoppers.append(lambda: procs.stop_group(relay.pid))
+        self.dashboard_port = self.ray.relay_dashboard()
         if not self.examples:
             return
         self.ray.reach(self.tritons["blue"].grpc_port)
+        self._expose_dataset_server()
         for name in (APP, COMPOSED, TILES):
             self.apply_app(APPS_DIR / name, self.app_overrides(name))
         self.deploy_apps()
         for name in (APP, COMPOSED, TILES):
             self.wait_app(name, "Ready")
+
+    def _expose_dataset_server(self) -> None:
+        """The dataset server at its Service's name and port inside Ray's namespace, where
+        apps read it over HTTP (``bioengine.datasets.get_file``), as in the cluster."""
+        assert self.ray is not None
+        owner = meta.Owner("BioEngineDataset", DATASET, NS, "")
+        address = ("127.0.1.1", dataset_builder.PORT)
+        relay = self.ray.expose(address, self.dataset_port, "dataset")
+        self._stoppers.append(lambda: procs.stop_group(relay.pid))
+        hosts = self.workdir / "hosts"
+        name = dataset_builder.server_name(owner)
+        hosts.write_text(f"127.0.0.1 localhost\n{address[0]} {name}.{NS}.svc\n")
+        self.ray.use_hosts(hosts)
 
     def app_overrides(self, name: str) -> dict[str, Any]:
         """What a cluster admin would set for the apps here (the rest is each folder's own)."""
@@ -355,14 +367,39 @@ class BridgeStack:
         self.applied.add(name)
         return str(name)
 
+    @contextlib.contextmanager
+    def running_app(self, folder: Path, overrides: dict[str, Any]) -> Iterator[str]:
+        """The app of ``folder`` applied (as :meth:`apply_app`) and deployed for as long as
+        the block runs; then deleted (:meth:`delete_app`). Its name."""
+        name = self.apply_app(folder, overrides)
+        try:
+            self.deploy_apps()
+            yield name
+        finally:
+            self.delete_app(name)
+
+    def delete_app(self, name: str) -> None:
+        """``kubectl delete`` the BioEngineApp; once its RayService is collected, Serve runs
+        the other apps only."""
+        self.cluster.kubectl("-n", NS, "delete", "bea", name, "--wait=true")
+        self.wait(lambda: not self.cluster.get(NS, "rayservice", name), "RayService collected")
+        self.deploy_apps()
+
     def mounted_code(self, name: str) -> dict[str, bytes]:
-        """The app's code ConfigMap as the kubelet mounts it: files by path (``items``
-        placed; a key may be placed twice, for an entry importing the folder as a package)."""
-        source = self.cluster.get(NS, "bea", name)["spec"]["source"]["configMap"]
-        code = self.cluster.get(NS, "configmap", source["name"])
+        """The app's code as a Ray pod finds it at APP_DIR: the code ConfigMap as the kubelet
+        mounts it (``items`` placed; a key may be placed twice, for an entry importing the
+        folder as a package), or the parts of a zip source joined and unpacked, as its init
+        container does."""
+        source = self.cluster.get(NS, "bea", name)["spec"]["source"]
+        if "zip" in source:
+            parts = [self.cluster.get(NS, "configmap", n) for n in source["zip"]["configMaps"]]
+            return appfolder.unzip(
+                b"".join(base64.b64decode(p["binaryData"][ZIP_PART_KEY]) for p in parts)
+            )
+        code = self.cluster.get(NS, "configmap", source["configMap"]["name"])
         files = {k: v.encode() for k, v in (code.get("data") or {}).items()}
         files |= {k: base64.b64decode(v) for k, v in (code.get("binaryData") or {}).items()}
-        items = source.get("items") or [{"key": key, "path": key} for key in files]
+        items = source["configMap"].get("items") or [{"key": key, "path": key} for key in files]
         return {item["path"]: files[item["key"]] for item in items}
 
     def deploy_apps(self) -> None:

@@ -1,11 +1,12 @@
 """An app folder (``manifest.yaml`` + code) → the objects ``kubectl apply`` takes (no I/O
 beyond reading the folder).
 
-The folder's files go into a ConfigMap, which Kubernetes caps at 1 MiB: text files as
-``data``, others as ``binaryData``. ConfigMap keys cannot hold ``/``, so when a file sits
-in a subfolder every file gets a flattened key and ``source.configMap.items`` says where
-each goes (the kubelet rebuilds the tree). A folder over the limit is refused with a
-pointer to the other source: a zip at a URL that Ray downloads as its ``working_dir``.
+The folder's files go into a ConfigMap: text files as ``data``, others as ``binaryData``.
+ConfigMap keys cannot hold ``/``, so when a file sits in a subfolder every file gets a
+flattened key and ``source.configMap.items`` says where each goes (the kubelet rebuilds the
+tree). A folder too large for one ConfigMap (see :data:`CONFIG_MAP_LIMIT`) goes as a zip
+split over several (``source.zip``), which an init container of every Ray pod unpacks: the
+same command and the same ``kubectl apply``, whatever the folder's size.
 """
 
 from __future__ import annotations
@@ -13,20 +14,35 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
+import posixpath
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from bioengine_operator.api.app import APP_NAME_MAX, DROPPED, MIGRATION, AppManifest
+from bioengine_operator.api.app import (
+    APP_NAME_MAX,
+    DROPPED,
+    MIGRATION,
+    ZIP_PART_KEY,
+    ZIP_PARTS_MAX,
+    AppManifest,
+)
 from bioengine_operator.api.base import API_VERSION
 
 MANIFEST = "manifest.yaml"
-# Kubernetes refuses objects over 1 MiB (etcd's request limit): keep room for metadata.
-CONFIG_MAP_LIMIT = 1024 * 1024 - 16 * 1024
+# Bytes of files one ConfigMap holds (as JSON). Kubernetes refuses objects over 1 MiB, but
+# `kubectl apply` (client side, the default) also copies the whole object into an annotation,
+# which it caps at 256 KiB: stay under that, with room for metadata and Go's JSON escapes.
+CONFIG_MAP_LIMIT = 224 * 1024
+# Bytes of the zip in each part: their base64 (4 characters per 3 bytes), with its key and
+# quotes, stays within CONFIG_MAP_LIMIT.
+PART_SIZE = (CONFIG_MAP_LIMIT - 1024) // 4 * 3
 KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 # Not needed to run the app: caches, environments, and the app's own tests.
 SKIPPED_DIRS = {"__pycache__", "venv", "node_modules", "tests"}
@@ -114,6 +130,25 @@ def _keys(paths: list[str]) -> dict[str, str]:
     return keys
 
 
+def _config_map(name: str, data: dict[str, str], binary: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "bioengine"}},
+        "data": data,
+    }
+    if binary:
+        body["binaryData"] = binary
+    return body
+
+
+def content_size(body: dict[str, Any]) -> int:
+    """Bytes of a ConfigMap's files as ``kubectl apply`` sends them (JSON, escapes and
+    base64 included): what :data:`CONFIG_MAP_LIMIT` bounds."""
+    contents = [body.get("data") or {}, body.get("binaryData") or {}]
+    return len(json.dumps(contents, ensure_ascii=False).encode())
+
+
 def config_map(
     name: str, files: dict[str, bytes], package: str | None = None
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -127,26 +162,55 @@ def config_map(
             data[keys[path]] = content.decode("utf-8")
         except UnicodeDecodeError:
             binary[keys[path]] = base64.b64encode(content).decode()
-    size = sum(len(v.encode()) for v in data.values()) + sum(len(v) for v in binary.values())
-    if size > CONFIG_MAP_LIMIT:
-        raise AppFolderError(
-            f"the app's files take {size} bytes in a ConfigMap, over Kubernetes' limit of "
-            f"{CONFIG_MAP_LIMIT}: zip the folder (bioengine render --zip app.zip), upload it "
-            "(an http(s), s3 or gs URL, e.g. a Hypha artifact) and render with --source-uri URL"
-        )
-    body: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "bioengine"}},
-        "data": data,
-    }
-    if binary:
-        body["binaryData"] = binary
     nested = package is not None or any(keys[p] != p for p in files)
     items = [{"key": keys[p], "path": p} for p in files] if nested else []
     if package is not None:
         items += [{"key": keys[p], "path": f"{package}/{p}"} for p in files]
-    return body, items
+    return _config_map(name, data, binary), items
+
+
+def zip_config_maps(
+    name: str, files: dict[str, bytes], package: str | None = None
+) -> list[dict[str, Any]]:
+    """The folder as one zip (with the ``package/`` copy, as :func:`config_map` places it)
+    split in order over the ConfigMaps ``<name>-0``, ``<name>-1``, ..., each part under
+    the binaryData key ``part``: the ``source.zip`` of a folder too large for one."""
+    placed = dict(files)
+    if package is not None:
+        placed |= {f"{package}/{path}": content for path, content in files.items()}
+    content = zip_of(placed)
+    parts = [content[start : start + PART_SIZE] for start in range(0, len(content), PART_SIZE)]
+    if len(parts) > ZIP_PARTS_MAX:
+        raise AppFolderError(
+            f"the app's files zip to {len(content)} bytes, over the {ZIP_PARTS_MAX * PART_SIZE} "
+            "that ConfigMaps carry: put large data in a BioEngineDataset (or models in a "
+            "ModelRunner), or upload the zip (bioengine render --zip app.zip) to an http(s), "
+            "s3 or gs URL and render with --source-uri URL"
+        )
+    return [
+        _config_map(f"{name}-{index}", {}, {ZIP_PART_KEY: base64.b64encode(part).decode()})
+        for index, part in enumerate(parts)
+    ]
+
+
+def inside(path: str) -> bool:
+    """Whether ``path`` is relative and stays inside its folder."""
+    clean = posixpath.normpath(path)
+    return bool(path) and not path.startswith("/") and clean != ".." and not clean.startswith("../")
+
+
+def unzip(content: bytes) -> dict[str, bytes]:
+    """The files of an app's zip by path (what a zip source's init container unpacks);
+    :class:`AppFolderError` for a corrupt zip or a file that would land outside the folder."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            files = {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
+        raise AppFolderError(f"not a valid zip: {err}") from None
+    outside = [path for path in files if not inside(path)]
+    if outside:
+        raise AppFolderError(f"the zip's {outside[0]!r} leaves the app's folder")
+    return files
 
 
 def _has_module(files: dict[str, bytes], module: str) -> bool:
@@ -173,7 +237,7 @@ def render(
     source_uri: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Rendered:
-    """The BioEngineApp for ``folder`` (and the ConfigMap with its code, unless the code
+    """The BioEngineApp for ``folder`` (and the ConfigMaps with its code, unless the code
     comes from ``source_uri``), with a cluster admin's ``overrides`` merged into its spec."""
     return render_files(
         files_of(folder),
@@ -196,7 +260,8 @@ def render_files(
     code_name: str | None = None,
 ) -> Rendered:
     """:func:`render` for an app's files held in memory (an upload); ``where`` names its
-    manifest in errors, ``code_name`` the code ConfigMap (default ``<name>-code``)."""
+    manifest in errors, ``code_name`` the code ConfigMap (default ``<name>-code``; a zip's
+    parts are ``<code_name>-0``, ``-1``, ...)."""
     if MANIFEST not in files:
         raise AppFolderError(f"{where}: not found (an app folder holds a {MANIFEST})")
     manifest, warnings = parse_manifest(files[MANIFEST], where)
@@ -225,13 +290,23 @@ def render_files(
     if source_uri:
         source: dict[str, Any] = {"uri": source_uri}
     else:
-        code, items = config_map(
-            code_name or f"{resource}-code", files, package if in_package else None
-        )
-        source = {"configMap": {"name": code["metadata"]["name"]}}
-        if items:
-            source["configMap"]["items"] = items
-        objects.append(code)
+        code_name = code_name or f"{resource}-code"
+        copy_as = package if in_package else None
+        code, items = config_map(code_name, files, copy_as)
+        size = content_size(code)
+        if size <= CONFIG_MAP_LIMIT:
+            source = {"configMap": {"name": code_name}}
+            if items:
+                source["configMap"]["items"] = items
+            objects.append(code)
+        else:
+            parts = zip_config_maps(code_name, files, copy_as)
+            source = {"zip": {"configMaps": [part["metadata"]["name"] for part in parts]}}
+            objects += parts
+            warnings.append(
+                f"{where}: the app's files take {size} bytes, over the {CONFIG_MAP_LIMIT} of "
+                f"one ConfigMap: shipped as a zip over {len(parts)} ConfigMaps (source.zip)"
+            )
     fields = manifest.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     spec = {**fields, "source": source, **(overrides or {})}
     app: dict[str, Any] = {

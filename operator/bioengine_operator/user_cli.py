@@ -4,9 +4,9 @@
 this machine (see :mod:`bioengine_operator.local.cli`).
 
 ``bioengine render ./my-app | kubectl apply -f -`` turns an app folder of format 0.6.0 into
-a BioEngineApp and the ConfigMap with its code. A bad folder or overrides file is refused
-before anything reaches the cluster: the message names the file and the field, and the
-exit code is 2 (as for a bad command line).
+a BioEngineApp and the ConfigMap with its code (a large folder: its zip, split over several).
+A bad folder or overrides file is refused before anything reaches the cluster: the message
+names the file and the field, and the exit code is 2 (as for a bad command line).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     render = verbs.add_parser(
         "render",
         help="print the Kubernetes objects of an app folder (for kubectl apply -f -)",
-        description="Print the BioEngineApp of an app folder, and a ConfigMap with its code.",
+        description="Print the BioEngineApp of an app folder, and the ConfigMaps with its code.",
     )
     render.add_argument("folder", type=Path, help="the app's folder (with manifest.yaml)")
     render.add_argument("--name", help="the BioEngineApp's name (default: the manifest's id)")
@@ -63,7 +63,7 @@ def render(args: argparse.Namespace) -> str:
             raise appfolder.AppFolderError(f"{args.overrides}: {err}") from None
         if not isinstance(overrides, dict):
             raise appfolder.AppFolderError(f"{args.overrides}: must be a mapping of spec fields")
-    if args.zip:  # first: a folder too large for a ConfigMap is what the zip is for
+    if args.zip:  # first: a folder too large even for source.zip is what the zip is for
         args.zip.write_bytes(appfolder.zip_of(appfolder.files_of(args.folder)))
     rendered = appfolder.render(
         args.folder,

@@ -17,6 +17,7 @@ from pydantic.config import JsonDict
 from bioengine_operator.api.base import (
     DNS_1035,
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     IMAGE,
     Model,
     OneOf,
@@ -121,10 +122,26 @@ class ImageSource(Model):
     )
 
 
-class AppSource(OneOf):
-    """Where the app's code comes from: exactly one of the three."""
+# Key of each part in a zip source's ConfigMaps (binaryData), and most parts an app may have.
+ZIP_PART_KEY = "part"
+ZIP_PARTS_MAX = 64
 
-    one_of = ("config_map", "uri", "image")
+
+class ZipSource(Model):
+    config_maps: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
+        min_length=1,
+        max_length=ZIP_PARTS_MAX,
+        description="ConfigMaps holding the app as one zip split in order: the bytes under "
+        f"binaryData key {ZIP_PART_KEY!r} of each, concatenated, are the zip (its root is "
+        "the app's folder). An init container of every Ray pod unpacks it where a "
+        "configMap source would be mounted.",
+    )
+
+
+class AppSource(OneOf):
+    """Where the app's code comes from: exactly one of the four."""
+
+    one_of = ("config_map", "uri", "image", "zip")
 
     config_map: ConfigMapSource | None = Field(
         None, description="App files in a ConfigMap, mounted read-only into every Ray pod."
@@ -138,6 +155,18 @@ class AppSource(OneOf):
     image: ImageSource | None = Field(
         None, description="The code is baked into the Ray image of rayCluster.image."
     )
+    zip: ZipSource | None = Field(
+        None,
+        description="The app as a zip split over ConfigMaps (what `bioengine render` makes "
+        "of a folder too large for one ConfigMap), unpacked into every Ray pod.",
+    )
+
+    def config_map_names(self) -> list[str]:
+        """The ConfigMaps holding the code (none for a URI or image source): the operator
+        hashes them, so that changed code rolls the Ray cluster."""
+        if self.config_map is not None:
+            return [self.config_map.name]
+        return list(self.zip.config_maps) if self.zip is not None else []
 
 
 class RayResources(Resources):

@@ -26,7 +26,7 @@ from bioengine_operator.api.crds import KINDS
 from bioengine_operator.bridge import hypha
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.registry import Limits, Registry
-from bioengine_operator.bridge.worker import Worker
+from bioengine_operator.bridge.worker import KubeObjects, Worker
 from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def install(args: argparse.Namespace) -> None:
     registry = Registry(connection, endpoints, args.workspace, limits, key)
     if args.worker_namespace:
         worker = Worker(
-            namespace=args.worker_namespace,
+            objects=KubeObjects(args.worker_namespace),
             workspace=args.workspace,
             cluster_name=args.cluster_name,
             client_id=args.client_id,

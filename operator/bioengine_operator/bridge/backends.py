@@ -198,12 +198,22 @@ class AppClient:
         async with streamed(self.session, "app", url, timeout=self.timeout) as response:
             yield response
 
-    async def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        dataset_tokens: dict[str, str] | None = None,
+    ) -> Any:
+        """``dataset_tokens``: the caller's, for the app's datasets (the runtime's header)."""
+        headers = {"Content-Type": codec.CONTENT_TYPE}
+        if dataset_tokens:
+            headers[codec.DATASET_TOKENS_HEADER] = json.dumps(dataset_tokens)
         try:
             async with self.session.post(
                 f"{self.endpoint}/{method}",
                 data=codec.dumps([args, kwargs]),
-                headers={"Content-Type": codec.CONTENT_TYPE},
+                headers=headers,
                 timeout=self.timeout,
             ) as response:
                 body = await response.read()

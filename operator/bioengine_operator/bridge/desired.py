@@ -30,6 +30,8 @@ class Desired:
     dataset_id: str | None = None
     # An app's per-method authorized users (spec.methods), instead of authorized_users.
     method_users: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # An app's datasets (spec.datasets): each call carries the caller's tokens for them.
+    datasets: tuple[str, ...] = ()
 
     def users_of(self, method: str) -> tuple[str, ...]:
         return dict(self.method_users).get(method, self.authorized_users)
@@ -62,6 +64,7 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         return None  # another bridge, connected to that workspace, serves it
     kind, meta = body["kind"], body["metadata"]
     method_users: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    datasets: tuple[str, ...] = ()
     if kind == "BioEngineApp":
         found: tuple[str | None, ...] = (endpoints.app(body),)
         users = spec.get("authorizedUsers", ["*"])
@@ -71,6 +74,7 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
             (name, tuple(m.get("authorizedUsers") or []))
             for name, m in sorted((spec.get("methods") or {}).items())
         )
+        datasets = tuple(spec.get("datasets") or [])
     elif kind == "ModelRunner":
         found = endpoints.runner(body)
         users = []  # model runners are guarded by visibility alone
@@ -95,4 +99,5 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         endpoints=tuple(str(e) for e in found),
         dataset_id=dataset_id,
         method_users=method_users,
+        datasets=datasets,
     )

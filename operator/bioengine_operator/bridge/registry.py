@@ -28,7 +28,7 @@ import prometheus_client
 
 from bioengine_operator import metrics
 from bioengine_operator.api.base import API_VERSION
-from bioengine_operator.bridge import services
+from bioengine_operator.bridge import access, services
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired, desired
 from bioengine_operator.bridge.endpoints import Endpoints
@@ -39,6 +39,8 @@ from bioengine_operator.dataserver import tokens
 logger = logging.getLogger(__name__)
 Key = tuple[str, str, str]
 STATUS_FIELDS = ("phase", "ready", "serviceId", "conditions", "endpoint")
+# A dataset token a call carries outlives the call's own time limit by this much.
+TOKEN_MARGIN_SECONDS = 60
 
 REGISTRATION_ERRORS = prometheus_client.Counter(
     "bioengine_bridge_registration_errors",
@@ -267,7 +269,11 @@ class Registry:
         if want.kind == "BioEngineApp":
             client = AppClient(want.endpoints[0], self.session, limits.call_timeout)
             description = await client.describe(limits.discovery_timeout)
-            found = [services.app_service(want, client, description, get_status)]
+            found = [
+                services.app_service(
+                    want, client, description, get_status, self._dataset_tokens(want)
+                )
+            ]
             if description.get("frontend"):
                 found.append(services.app_frontend_service(want, client))
             return found, []
@@ -288,6 +294,33 @@ class Registry:
             services.dataset_service(want, dataset, manifest, get_status, limits.max_read_bytes),
             services.dataset_http_service(want, dataset),
         ], []
+
+    def _dataset_tokens(self, want: Desired) -> services.DatasetTokens:
+        """For each call of ``want``'s app, the caller's tokens for its datasets that serve
+        now: minted as the dataset's server recognizes the caller (id, or the email its list
+        names), or as the caller's id when it does not list them (the server refuses then,
+        and the app sees why)."""
+        ttl = int(self.limits.call_timeout) + TOKEN_MARGIN_SECONDS
+
+        def for_caller(context: dict[str, Any] | None) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for name in want.datasets:
+                dataset = self.wanted.get(("BioEngineDataset", want.namespace, name))
+                if dataset is None or self.signing_key is None:
+                    continue
+                try:
+                    user = access.authorize(dataset.authorized_users, context, name)
+                except PermissionError:
+                    user = str(((context or {}).get("user") or {}).get("id") or "anonymous")
+                found[name] = tokens.mint(
+                    self.signing_key,
+                    user=user,
+                    dataset=dataset.dataset_id or name,
+                    ttl_seconds=ttl,
+                )
+            return found
+
+        return for_caller
 
     async def close(self) -> None:
         tasks = [*self._tasks.values(), *filter(None, [self._static_task])]

@@ -51,6 +51,8 @@ LATENCY = prometheus_client.Histogram(
 )
 
 Status = Callable[[], dict[str, Any]]
+# The caller's (its request context's) tokens for an app's datasets, by dataset name.
+DatasetTokens = Callable[[dict[str, Any] | None], dict[str, str]]
 # Headers a dataset server answer keeps on its way back through Hypha.
 PASSED_HEADERS = (
     "content-type",
@@ -142,7 +144,9 @@ def _caller(context: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, Any]) -> Any:
+def _app_method(
+    want: Desired, client: AppClient, name: str, info: dict[str, Any], tokens: DatasetTokens
+) -> Any:
     users = want.users_of(name)
     wants_context = bool(info.get("context"))
 
@@ -150,7 +154,7 @@ def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, Any
         access.authorize(users, context, f"{want.service_id}.{name}")
         if wants_context:
             kwargs["context"] = _caller(context)
-        return await client.call(name, list(args), kwargs)
+        return await client.call(name, list(args), kwargs, tokens(context))
 
     schema = dict(info.get("schema") or {"name": name, "parameters": {"type": "object"}})
     method.__name__ = name
@@ -160,14 +164,19 @@ def _app_method(want: Desired, client: AppClient, name: str, info: dict[str, Any
 
 
 def app_service(
-    want: Desired, client: AppClient, description: dict[str, Any], get_status: Status
+    want: Desired,
+    client: AppClient,
+    description: dict[str, Any],
+    get_status: Status,
+    tokens: DatasetTokens,
 ) -> dict[str, Any]:
-    """One function per ``@bioengine.method`` of the entry class, each with its schema."""
+    """One function per ``@bioengine.method`` of the entry class, each with its schema;
+    each call carries ``tokens(context)``, the caller's tokens for the app's datasets."""
     service = _base(want, get_status)
     for name, info in description.get("methods", {}).items():
         if name in service:
             continue  # a method called get_status, id, ... cannot shadow the service's own
-        service[name] = _app_method(want, client, name, info)
+        service[name] = _app_method(want, client, name, info, tokens)
     return service
 
 

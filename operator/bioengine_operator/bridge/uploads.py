@@ -1,10 +1,12 @@
 """Apps uploaded through the worker service, and the BioEngineApps deployed from them (no I/O).
 
-An upload is kept in the cluster as one ConfigMap per app version (``bioengine render``'s
-code ConfigMap, named after the app and a hash of its version), so it survives bridge
-restarts, is visible to ``kubectl``, and a deploy only points a BioEngineApp at it. The app
-is checked as format 0.6.0 when it is uploaded, by the same code as ``bioengine render``;
-the spec rendered from it rides along in an annotation, so a deploy need not parse again.
+An upload is kept in the cluster as ``bioengine render``'s code ConfigMap, named after the
+app and a hash of its version (a large app: the parts of its zip, ``<name>-0``, ``-1``, ...),
+so it survives bridge restarts, is visible to ``kubectl``, and a deploy only points a
+BioEngineApp at it. Every ConfigMap of an upload carries its app's labels, by which deleting
+the app finds them all. The app is checked as format 0.6.0 when it is uploaded, by the same code
+as ``bioengine render``; the spec rendered from it rides along in an annotation of the first
+ConfigMap (the one a listing reads), so a deploy need not parse again.
 Artifact ids are ``<workspace>/<manifest id>``, as the artifact manager names them.
 """
 
@@ -31,6 +33,7 @@ WORKER = "bioengine-worker"
 ARTIFACT = f"{GROUP}/artifact"  # label: the manifest id of the app
 VERSION = f"{GROUP}/artifact-version"
 SPEC = f"{GROUP}/app-spec"  # the spec rendered at upload (manifest fields and source)
+FILES = f"{GROUP}/files"  # the paths in a zip source (its parts are not readable one by one)
 UPLOADED_AT, UPLOADED_BY = f"{GROUP}/uploaded-at", f"{GROUP}/uploaded-by"
 DEPLOYED_BY = f"{GROUP}/deployed-by"
 APPLICATION_ID = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -52,7 +55,6 @@ class Stored:
     uploaded_by: str
     spec: dict[str, Any]
     files: list[str]
-    config_map: str
 
     def artifact_id(self, workspace: str) -> str:
         return f"{workspace}/{self.app_id}"
@@ -96,8 +98,9 @@ def code_name(app_id: str, version: str) -> str:
     return f"bioengine-app-{app_id}-{digest}"
 
 
-def upload(files: Any, namespace: str, user: str, now: str) -> dict[str, Any]:
-    """The ConfigMap that stores an upload, after checking it as ``bioengine render`` does."""
+def upload(files: Any, namespace: str, user: str, now: str) -> list[dict[str, Any]]:
+    """The ConfigMaps that store an upload (one, or a large app's zip parts; the first is
+    annotated), after checking it as ``bioengine render`` does."""
     decoded = decode_files(files)
     where = appfolder.MANIFEST
     try:
@@ -120,27 +123,31 @@ def upload(files: Any, namespace: str, user: str, now: str) -> dict[str, Any]:
         ).objects
     except appfolder.AppFolderError as err:
         raise WorkerError(str(err)) from None
-    code, app = objects
-    code["metadata"]["labels"] = {
-        **code["metadata"]["labels"],
-        MANAGED_BY: WORKER,
-        ARTIFACT: manifest.id,
-    }
-    code["metadata"]["annotations"] = {
+    *codes, app = objects
+    for code in codes:
+        code["metadata"]["labels"] |= {MANAGED_BY: WORKER, ARTIFACT: manifest.id}
+    codes[0]["metadata"]["annotations"] = {
         VERSION: version,
         SPEC: json.dumps(app["spec"], sort_keys=True),
         UPLOADED_AT: now,
         UPLOADED_BY: user,
     }
-    return dict(code)
+    if "zip" in app["spec"]["source"]:
+        codes[0]["metadata"]["annotations"][FILES] = json.dumps(sorted(decoded))
+    return codes
 
 
 def stored(config_map: dict[str, Any]) -> Stored:
+    """The upload whose (first) ConfigMap is ``config_map``."""
     meta = config_map["metadata"]
     notes = meta.get("annotations") or {}
     spec = json.loads(notes[SPEC])
-    items = ((spec.get("source") or {}).get("configMap") or {}).get("items") or []
-    files = sorted({i["path"] for i in items} if items else _keys(config_map))
+    source = spec.get("source") or {}
+    items = (source.get("configMap") or {}).get("items") or []
+    if FILES in notes:
+        files = json.loads(notes[FILES])
+    else:
+        files = sorted({i["path"] for i in items} if items else _keys(config_map))
     return Stored(
         app_id=meta["labels"][ARTIFACT],
         version=notes[VERSION],
@@ -148,8 +155,14 @@ def stored(config_map: dict[str, Any]) -> Stored:
         uploaded_by=notes.get(UPLOADED_BY, ""),
         spec=spec,
         files=files,
-        config_map=meta["name"],
     )
+
+
+def versions(config_maps: list[dict[str, Any]]) -> list[Stored]:
+    """The uploads among ``config_maps`` (the worker's, found by label): only an upload's
+    first ConfigMap is annotated, the others hold parts of its zip; one labelled but not as
+    an upload (edited by hand) is skipped too."""
+    return [stored(c) for c in config_maps if SPEC in (c["metadata"].get("annotations") or {})]
 
 
 def _keys(config_map: dict[str, Any]) -> set[str]:

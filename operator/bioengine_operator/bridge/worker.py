@@ -6,7 +6,9 @@ same function names, keywords and result shapes, with a cluster behind it instea
 Ray cluster of its own: an upload becomes a ConfigMap (:mod:`.uploads`), a deploy a
 BioEngineApp the operator turns into a RayService, a stop its deletion. Status comes from
 the BioEngineApp's status; deployments, replicas and their logs from the app's Ray
-dashboard (Serve's own view), where the bridge reaches it.
+dashboard (Serve's own view), where the bridge reaches it. The objects live behind
+:class:`Objects`: a namespace of the cluster here, the one-machine stack in ``bioengine up``
+(:mod:`bioengine_operator.local.worker`), with the same functions in front of both.
 
 Only users on the admin list may upload, deploy, stop or delete; everyone who reaches the
 service (the workspace, and the admins' own workspaces) may read status, and logs are
@@ -20,8 +22,8 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -66,9 +68,49 @@ def _user(context: dict[str, Any] | None) -> dict[str, Any]:
     return dict((context or {}).get("user") or {})
 
 
+class Objects(Protocol):
+    """Where the worker keeps its uploads (ConfigMaps) and applications (BioEngineApps) and
+    finds the datasets: a namespace of the cluster (:class:`KubeObjects`), or the one-machine
+    stack of ``bioengine up`` (:mod:`bioengine_operator.local.worker`)."""
+
+    namespace: str
+
+    async def list(
+        self, api_version: str, kind: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]: ...
+
+    async def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    async def apply(self, body: dict[str, Any]) -> None: ...
+
+    async def delete(self, api_version: str, kind: str, name: str) -> None: ...
+
+
+@dataclasses.dataclass
+class KubeObjects:
+    """One namespace of the cluster (a thread per call: the Kubernetes client is synchronous)."""
+
+    namespace: str
+
+    async def list(
+        self, api_version: str, kind: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        found = await asyncio.to_thread(kube.list_, api_version, kind, self.namespace, labels)
+        return list(found)
+
+    async def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(kube.get, api_version, kind, self.namespace, name)
+
+    async def apply(self, body: dict[str, Any]) -> None:
+        await asyncio.to_thread(kube.apply, body, uploads.WORKER)
+
+    async def delete(self, api_version: str, kind: str, name: str) -> None:
+        await asyncio.to_thread(kube.delete, api_version, kind, self.namespace, name)
+
+
 @dataclasses.dataclass
 class Worker:
-    namespace: str
+    objects: Objects
     workspace: str
     cluster_name: str
     client_id: str
@@ -80,6 +122,10 @@ class Worker:
     @property
     def service_id(self) -> str:
         return service_id(self.cluster_name)
+
+    @property
+    def namespace(self) -> str:
+        return self.objects.namespace
 
     # -- who may do what ------------------------------------------------------------------
 
@@ -105,26 +151,22 @@ class Worker:
             named += [u for u in method.get("authorizedUsers") or [] if u != "*"]
         return user.get("id") in named or (bool(user.get("email")) and user["email"] in named)
 
-    # -- the cluster (a thread each: the Kubernetes client is synchronous) ----------------
+    # -- its objects ----------------------------------------------------------------------
+
+    async def _upload_config_maps(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        """Every ConfigMap of the uploads (of ``app_id``), a large app's zip parts included."""
+        selector = {**LABELS, **({uploads.ARTIFACT: app_id} if app_id else {})}
+        return await self.objects.list("v1", "ConfigMap", selector)
 
     async def _uploads(self, app_id: str | None = None) -> list[uploads.Stored]:
-        selector = {**LABELS, **({uploads.ARTIFACT: app_id} if app_id else {})}
-        found = await asyncio.to_thread(kube.list_, "v1", "ConfigMap", self.namespace, selector)
-        # A ConfigMap the worker labelled but not as an upload (edited by hand) is skipped.
-        return [
-            uploads.stored(c) for c in found if uploads.SPEC in c["metadata"].get("annotations", {})
-        ]
+        return uploads.versions(await self._upload_config_maps(app_id))
 
     async def _apps(self) -> dict[str, dict[str, Any]]:
-        found = await asyncio.to_thread(
-            kube.list_, API_VERSION, "BioEngineApp", self.namespace, LABELS
-        )
+        found = await self.objects.list(API_VERSION, "BioEngineApp", LABELS)
         return {b["metadata"]["name"]: b for b in found}
 
     async def _app(self, application_id: str) -> dict[str, Any] | None:
-        body = await asyncio.to_thread(
-            kube.get, API_VERSION, "BioEngineApp", self.namespace, application_id
-        )
+        body = await self.objects.get(API_VERSION, "BioEngineApp", application_id)
         if (
             body is not None
             and (body["metadata"].get("labels") or {}).get(uploads.MANAGED_BY) != uploads.WORKER
@@ -141,9 +183,11 @@ class Worker:
         """Store an app folder's files ({name, content, type: text|base64}) as a new version
         of its app, checked as format 0.6.0; returns the artifact id to deploy."""
         user = self._admin(context, "upload_app")
-        config_map = uploads.upload(files, self.namespace, user, _now())
-        await asyncio.to_thread(kube.apply, config_map, uploads.WORKER)
-        stored = uploads.stored(config_map)
+        config_maps = uploads.upload(files, self.namespace, user, _now())
+        # The annotated first one last: a listing never finds a version missing a part.
+        for config_map in reversed(config_maps):
+            await self.objects.apply(config_map)
+        stored = uploads.stored(config_maps[0])
         logger.info("%s uploaded %s version %s", user, stored.app_id, stored.version)
         return stored.artifact_id(self.workspace)
 
@@ -171,8 +215,8 @@ class Worker:
         """Delete every uploaded version of an app; refused while an application runs it."""
         self._admin(context, "delete_app")
         app_id = uploads.app_id_of(artifact_id, self.workspace)
-        versions = await self._uploads(app_id)
-        if not versions:
+        config_maps = await self._upload_config_maps(app_id)
+        if not uploads.versions(config_maps):
             raise WorkerError(f"artifact {artifact_id} not found")
         running = sorted(
             name
@@ -183,9 +227,9 @@ class Worker:
             raise WorkerError(
                 f"artifact {artifact_id} runs as {', '.join(running)}: stop_app them first"
             )
-        for stored in versions:
-            name = stored.config_map
-            await asyncio.to_thread(kube.delete, "v1", "ConfigMap", self.namespace, name)
+        for config_map in config_maps:
+            name = config_map["metadata"]["name"]
+            await self.objects.delete("v1", "ConfigMap", name)
 
     # -- applications ---------------------------------------------------------------------
 
@@ -233,7 +277,7 @@ class Worker:
         body = uploads.application(
             source, application_id, self.namespace, args, user, self.workspace
         )
-        await asyncio.to_thread(kube.apply, body, uploads.WORKER)
+        await self.objects.apply(body)
         logger.info(
             "%s deployed %s version %s as %s", user, source.app_id, source.version, application_id
         )
@@ -244,16 +288,14 @@ class Worker:
         self._admin(context, "stop_app")
         if await self._app(uploads.check_application_id(application_id)) is None:
             raise WorkerError(f"application {application_id} is not deployed on this cluster")
-        await asyncio.to_thread(
-            kube.delete, API_VERSION, "BioEngineApp", self.namespace, application_id
-        )
+        await self.objects.delete(API_VERSION, "BioEngineApp", application_id)
 
     async def stop_all_apps(self, context: dict[str, Any] | None = None) -> list[str]:
         """Stop every application this worker deployed; their ids."""
         self._admin(context, "stop_all_apps")
         names = sorted(await self._apps())
         for name in names:
-            await asyncio.to_thread(kube.delete, API_VERSION, "BioEngineApp", self.namespace, name)
+            await self.objects.delete(API_VERSION, "BioEngineApp", name)
         return names
 
     # -- status ---------------------------------------------------------------------------
@@ -395,9 +437,7 @@ class Worker:
 
     async def list_datasets(self, context: dict[str, Any] | None = None) -> dict[str, Any]:
         """The BioEngineDatasets of this worker's namespace: name, description, state."""
-        found = await asyncio.to_thread(
-            kube.list_, API_VERSION, "BioEngineDataset", self.namespace, {}
-        )
+        found = await self.objects.list(API_VERSION, "BioEngineDataset", {})
         return {
             d["metadata"]["name"]: {
                 "name": (d["spec"].get("manifest") or {}).get("name"),

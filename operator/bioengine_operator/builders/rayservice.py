@@ -5,9 +5,10 @@ The RayService's ``serveConfigV2`` names the application builder
 hands it :func:`serve_args`: the manifest's entry, the admin's overrides and the
 environment. The runtime ConfigMap holds the entry point, the codec and the ``bioengine``
 authoring API, the same for every app of one operator version; the app's own files come
-from its source (a ConfigMap mounted as a folder, a zip as Ray's ``working_dir``, or the
-image). A hash of the code ConfigMap is a pod annotation, so changed code rolls the Ray
-cluster (KubeRay's zero-downtime upgrade) instead of leaving old modules loaded.
+from its source (a ConfigMap mounted as a folder; a zip split over ConfigMaps, which an init
+container unpacks into that same folder; a zip URL as Ray's ``working_dir``; or the image).
+A hash of the code ConfigMaps is a pod annotation, so changed code rolls the Ray cluster
+(KubeRay's zero-downtime upgrade) instead of leaving old modules loaded.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import yaml
 
 from bioengine_operator.api.app import (
     DEFAULT_RAY_IMAGE,
+    ZIP_PART_KEY,
     BioEngineAppSpec,
     RayResources,
     WorkerGroup,
+    ZipSource,
 )
 from bioengine_operator.builders import meta
 
@@ -31,6 +34,7 @@ COMPONENT = "bioengine-app"
 ENTRY_MODULE = "bioengine_serve_entry"
 ENTRY_DIR = "/home/ray/bioengine"
 APP_DIR = "/home/ray/app"
+ZIP_DIR = "/home/ray/app-zip"  # a zip source's parts, in the init container that unpacks them
 DATASETS_DIR = "/data"
 SERVE_PORT = 8000
 DASHBOARD_PORT = 8265
@@ -41,7 +45,21 @@ RUNTIME_FILES = {
     f"{ENTRY_MODULE}.py": _RUNTIME.joinpath("serve_entry.py").read_text(),
     "bioengine_codec.py": _RUNTIME.joinpath("codec.py").read_text(),
     "bioengine.py": _RUNTIME.joinpath("bioengine.py").read_text(),
+    "bioengine_utils.py": _RUNTIME.joinpath("bioengine_utils.py").read_text(),
 }
+# The init container of a zip source (python -c UNZIP FOLDER PART...): the parts joined in
+# order are the zip, unpacked into FOLDER. A member that would land outside FOLDER fails the
+# pod rather than being renamed (zipfile's own extraction would silently strip the "..").
+UNZIP = """\
+import io, pathlib, sys, zipfile
+target = pathlib.Path(sys.argv[1]).resolve()
+data = b"".join(pathlib.Path(part).read_bytes() for part in sys.argv[2:])
+with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    for name in archive.namelist():
+        if target not in (target / name).resolve().parents:
+            sys.exit(f"the app's zip holds {name!r}, which leaves the app's folder")
+    archive.extractall(target)
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +81,7 @@ class Inputs:
     """What the app's objects depend on besides its spec."""
 
     datasets: tuple[MountedDataset, ...] = ()
-    code_hash: str = ""  # of the code ConfigMap's content ("" for a zip or image source)
+    code_hash: str = ""  # of the code ConfigMaps' content ("" for a URI or image source)
     gpu_memory_mb: int = 0  # the operator's --gpu-memory-mb
     ray_image: str = DEFAULT_RAY_IMAGE  # the operator's --ray-image, for apps naming none
 
@@ -119,13 +137,48 @@ def serve_config(owner: meta.Owner, spec: BioEngineAppSpec, inputs: Inputs) -> d
     return {"applications": [application]}
 
 
+def _in_app_dir(spec: BioEngineAppSpec) -> bool:
+    """Whether the code sits at APP_DIR in the Ray pods: a configMap or zip source."""
+    return spec.source.config_map is not None or spec.source.zip is not None
+
+
 def _python_path(spec: BioEngineAppSpec) -> str:
     paths = [ENTRY_DIR]
-    if spec.source.config_map is not None:
+    if _in_app_dir(spec):
         paths.append(APP_DIR)
     if spec.source.image is not None:
         paths.append(spec.source.image.python_path)
     return ":".join(paths)
+
+
+def _unzip(
+    source: ZipSource, image: str, resources: RayResources
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The volumes and the init container that put a zip source's files at APP_DIR before
+    Ray starts: the parts projected as ordered files, unpacked into an emptyDir (which the
+    Ray container mounts read-only, as it would a configMap source)."""
+    files = [f"part-{index}" for index in range(len(source.config_maps))]
+    parts = [
+        {"configMap": {"name": name, "items": [{"key": ZIP_PART_KEY, "path": file}]}}
+        for name, file in zip(source.config_maps, files, strict=True)
+    ]
+    volumes = [
+        {"name": "app", "emptyDir": {}},
+        {"name": "app-zip", "projected": {"sources": parts}},
+    ]
+    container = {
+        "name": "unzip-app",
+        "image": image,
+        "command": ["python", "-c", UNZIP, APP_DIR, *(f"{ZIP_DIR}/{file}" for file in files)],
+        # The pod's requests are the larger of its init and Ray containers': these add nothing.
+        "resources": meta.resources(resources.cpu, resources.memory),
+        "volumeMounts": [
+            {"name": "app", "mountPath": APP_DIR},
+            {"name": "app-zip", "mountPath": ZIP_DIR, "readOnly": True},
+        ],
+        "securityContext": meta.container_security_context(),
+    }
+    return volumes, container
 
 
 def _pod_template(
@@ -143,12 +196,19 @@ def _pod_template(
     mounts: list[dict[str, Any]] = [
         {"name": "bioengine-entry", "mountPath": ENTRY_DIR, "readOnly": True},
     ]
+    image = spec.ray_cluster.image or inputs.ray_image
+    init_containers: list[dict[str, Any]] = []
     source = spec.source.config_map
     if source is not None:
         code: dict[str, Any] = {"name": source.name}
         if source.items:
             code["items"] = [item.dump() for item in source.items]
         volumes.append({"name": "app", "configMap": code})
+    if spec.source.zip is not None:
+        zip_volumes, unzip = _unzip(spec.source.zip, image, resources)
+        volumes += zip_volumes
+        init_containers.append(unzip)
+    if _in_app_dir(spec):
         mounts.append({"name": "app", "mountPath": APP_DIR, "readOnly": True})
     for dataset in inputs.datasets:
         if dataset.volume is None:
@@ -162,7 +222,7 @@ def _pod_template(
     scratch, scratch_mounts = meta.scratch_volumes(shm_limit=str(resources.memory))
     container = {
         "name": container_name,
-        "image": spec.ray_cluster.image or inputs.ray_image,
+        "image": image,
         "ports": ports,
         "env": [
             {"name": "PYTHONPATH", "value": _python_path(spec)},
@@ -178,6 +238,8 @@ def _pod_template(
         "securityContext": meta.pod_security_context(),
         "enableServiceLinks": False,
     }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if placement is not None:
         pod_spec["nodeSelector"] = dict(placement.node_selector)
         pod_spec["tolerations"] = meta.tolerations(placement.tolerations, resources.gpu)

@@ -36,6 +36,8 @@ from bioengine_operator.controllers.outcome import (
 DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
 # The runtime's own failures, as they end the traceback Serve reports.
 APP_ERROR = re.compile(r"(?:SmokeTestFailed|HealthCheckFailed|BioEngineUserError|\w+Error): .*")
+# pip's last error line, as Ray's runtime_env agent quotes pip's output when an install fails.
+PIP_ERROR = re.compile(r"^\s*ERROR: (.*)$", re.MULTILINE)
 MESSAGE_LIMIT = 600
 # A dataset or code ConfigMap applied with the app may come a moment later: look again soon
 # rather than at the next resync.
@@ -72,18 +74,28 @@ def resolve_datasets(
     return found, missing
 
 
-def code_hash(owner: meta.Owner, spec: BioEngineAppSpec) -> str | None:
-    """A hash of the code ConfigMap ("" for other sources), None when it does not exist."""
-    if spec.source.config_map is None:
-        return ""
-    body = kube.get("v1", "ConfigMap", owner.namespace, spec.source.config_map.name)
-    if body is None:
-        return None
-    return meta.digest({"data": body.get("data"), "binaryData": body.get("binaryData")})
+def code_hash(owner: meta.Owner, spec: BioEngineAppSpec) -> tuple[str, str | None]:
+    """A hash of the ConfigMaps holding the code ("" for a URI or image source), or the
+    first of them that does not exist."""
+    contents = []
+    for name in spec.source.config_map_names():
+        body = kube.get("v1", "ConfigMap", owner.namespace, name)
+        if body is None:
+            return "", name
+        contents.append({"data": body.get("data"), "binaryData": body.get("binaryData")})
+    if not contents:
+        return "", None
+    # One ConfigMap hashes as before zip sources existed: an upgrade rolls no Ray cluster.
+    return meta.digest(contents[0] if spec.source.config_map is not None else contents), None
 
 
 def _app_error(message: str) -> str:
-    """The line of a Serve failure message that says what the app did wrong."""
+    """The line of a Serve failure message that says what the app did wrong: pip's own
+    error when an app's ``pip=`` requirements could not be installed (Ray wraps it in a
+    traceback of its runtime_env agent), else the app's exception."""
+    pip = PIP_ERROR.findall(message)
+    if pip:
+        return f"pip could not install the app's requirements: {pip[-1].strip()}"[:MESSAGE_LIMIT]
     found = APP_ERROR.findall(message)
     text = found[-1] if found else message.strip().splitlines()[0] if message.strip() else ""
     return text[:MESSAGE_LIMIT]
@@ -181,10 +193,9 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
             requeue_in=MISSING_RETRY_SECONDS,
         )
 
-    code = code_hash(owner, spec)
-    if code is None:
-        assert spec.source.config_map is not None
-        message = f"ConfigMap {spec.source.config_map.name} (the app's code) does not exist"
+    code, missing_code = code_hash(owner, spec)
+    if missing_code is not None:
+        message = f"ConfigMap {missing_code} (the app's code) does not exist"
         return Outcome(
             common_status(
                 body,

@@ -261,9 +261,11 @@ async def _list_files(request: web.Request) -> web.Response:
     relative, directory = located
     if not directory.is_dir():
         raise _error(web.HTTPBadRequest, "not a directory: download it from /files/<path> instead")
-    entries = await asyncio.to_thread(
-        _list_directory, root, directory, relative, request.app[FILE_ENTRIES]
-    )
+    described = request.app[FILE_ENTRIES]
+    if request.query.get("recursive", "false").lower() in ("true", "1"):
+        entries = await asyncio.to_thread(_list_tree, root, directory, relative, described)
+    else:
+        entries = await asyncio.to_thread(_list_directory, root, directory, relative, described)
     return web.json_response({"path": relative, "entries": entries})
 
 
@@ -319,6 +321,28 @@ def _list_directory(
         if entry is not None:
             entries.append(entry)
     return entries
+
+
+def _list_tree(
+    root: Path, directory: Path, relative: str, described: dict[str, DatasetFile]
+) -> list[dict[str, Any]]:
+    """Every file below ``directory``, depth first, as :func:`_list_directory` lists one
+    folder (a folder reached twice through symlinks is listed once)."""
+    found: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    pending = [(directory, relative)]
+    while pending:
+        folder, prefix = pending.pop()
+        real = folder.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        for entry in _list_directory(root, folder, prefix, described):
+            if entry["type"] == "directory":
+                pending.append((folder / entry["name"], entry["path"]))
+            else:
+                found.append(entry)
+    return sorted(found, key=lambda entry: str(entry["path"]))
 
 
 def _describe(

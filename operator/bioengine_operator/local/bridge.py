@@ -62,6 +62,11 @@ class LocalBridge:
         self.endpoints.overrides[key] = endpoint
         self.loop.call_soon_threadsafe(self.registry.observe, body)
 
+    def add_service(self, definition: dict[str, Any]) -> None:
+        """Register a service of the bridge's own (the worker) with the others, now and on
+        every fresh connection."""
+        self.loop.call_soon_threadsafe(self.registry.static.append, definition)
+
     def forget(self, key: Key) -> None:
         self.loop.call_soon_threadsafe(self.registry.forget, *key)
 

@@ -4,7 +4,8 @@ command.
 ``up`` checks every input first (a bad one exits 2, naming the file and the field, with
 nothing started), then hands the inputs to the stack's supervisor, starting one if none
 runs: in the foreground it stays until Ctrl-C, with ``--detach`` it returns once everything
-serves. Running ``up`` again while a stack runs updates what changed.
+serves or has failed (exit status 1 when anything failed). Running ``up`` again while a
+stack runs updates what changed.
 """
 
 from __future__ import annotations
@@ -40,11 +41,23 @@ def add_verbs(verbs: Any) -> None:
         metavar="CLAIM=PATH",
         help="the local folder standing in for a PersistentVolumeClaim (repeatable)",
     )
-    up.add_argument("-d", "--detach", action="store_true", help="return once everything serves")
+    up.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help="return once everything serves or has failed (exit status 1 if any of it failed)",
+    )
     up.add_argument("--server-url", help="register in this Hypha server instead of an embedded one")
     up.add_argument("--workspace", help="the Hypha workspace (with --server-url)")
     up.add_argument(
         "--token-file", type=Path, help="file holding the Hypha token (else HYPHA_TOKEN)"
+    )
+    up.add_argument(
+        "--worker-admins",
+        default="",
+        metavar="USERS",
+        help="comma-separated Hypha users (ids or emails) who may upload, deploy and stop apps "
+        "through the `bioengine-worker` service (without it nobody may)",
     )
     up.add_argument(
         "--envs-dir",
@@ -103,7 +116,7 @@ def _volumes(args: argparse.Namespace) -> dict[str, Path]:
 def up(args: argparse.Namespace) -> int:
     volumes = _volumes(args)
     paths = [p.resolve() for p in args.paths]
-    resources.load(paths, volumes)  # every input checked before anything starts
+    loaded = resources.load(paths, volumes)  # every input checked before anything starts
     token = ""
     if args.workspace and not args.server_url:
         raise UsageError("--workspace is for a remote Hypha: give --server-url too")
@@ -129,10 +142,11 @@ def up(args: argparse.Namespace) -> int:
     owner = None
     if supervisor.running_pid(args.state_dir) is None:
         owner = _start_supervisor(args, token)
-    elif args.server_url or args.envs_dir:
+    elif args.server_url or args.envs_dir or args.worker_admins:
         print(
-            "bioengine up: a stack runs already: --server-url, --workspace, --token-file and "
-            "--envs-dir keep their values (bioengine down, then up, to change them)",
+            "bioengine up: a stack runs already: --server-url, --workspace, --token-file, "
+            "--worker-admins and --envs-dir keep their values (bioengine down, then up, to "
+            "change them)",
             file=sys.stderr,
         )
     started = time.monotonic()
@@ -147,8 +161,18 @@ def up(args: argparse.Namespace) -> int:
             print(f"bioengine up: {answer['error']}", file=sys.stderr)
         else:
             _print_summary(answer)
+        # What this command asked for (the stack may hold more, from earlier commands).
+        asked = {(r.kind, r.name) for r in loaded}
+        failed = [
+            r["name"]
+            for r in answer.get("rows") or []
+            if r.get("state") == "Failed" and (r.get("kind"), r.get("name")) in asked
+        ]
+        if failed:
+            print(f"bioengine up: failed: {', '.join(failed)}", file=sys.stderr)
         if owner is None or args.detach:
-            return 0 if not answer.get("error") else 1
+            # A script that starts the stack learns from the exit status that part failed.
+            return 1 if answer.get("error") or failed else 0
         print("running: Ctrl-C here, or `bioengine down`, stops everything", flush=True)
         owner.wait()
     except KeyboardInterrupt:
@@ -164,6 +188,8 @@ def _start_supervisor(args: argparse.Namespace, token: str) -> subprocess.Popen[
     argv = [sys.executable, "-m", supervisor.MODULE, f"--state-dir={args.state_dir}"]
     if args.envs_dir:
         argv.append(f"--envs-dir={args.envs_dir.resolve()}")
+    if args.worker_admins:
+        argv.append(f"--worker-admins={args.worker_admins}")
     env = {k: v for k, v in os.environ.items() if k != "HYPHA_TOKEN"}
     if args.server_url:
         argv += [f"--server-url={args.server_url}", f"--workspace={args.workspace}"]

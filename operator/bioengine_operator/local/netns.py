@@ -9,7 +9,10 @@ Programs in the host namespace reach a port inside through :func:`relay`: a proc
 binds its listening socket on the host loopback *before* entering the namespace, then
 connects to the target from inside it (a socket keeps the namespace it was created in).
 :func:`reverse_relay` is the other way round, as a pod reaches a Service: it listens on a
-port inside and connects to the same port on the host loopback.
+port inside and connects to the same port on the host loopback. :func:`index_proxy` is the one
+way out to the network: an HTTP CONNECT proxy inside for pip (``PIP_PROXY``), which reaches
+only the package index's hosts, so Ray installs an app's ``pip=`` requirements (its
+``runtime_env``) while nothing else inside can reach beyond this machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 from bioengine_operator.local import procs
@@ -146,6 +150,34 @@ def reverse_relay(
     return _spawn(namespace, listen_port, port, log, "--reverse", f"--listen-host={host}")
 
 
+def index_proxy(
+    namespace: LoopbackNamespace, log: Path, hosts: list[tuple[str, int]]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an HTTP CONNECT proxy on ``127.0.0.1:<port>`` inside the namespace that tunnels
+    to ``hosts`` (the package index's) from this machine's network, and to nothing else."""
+    port = procs.free_port()  # free here; the namespace is fresh, and binds it first
+    allow = [f"--allow={host}:{target}" for host, target in hosts]
+    return _spawn(namespace, port, 0, log, "--reverse", *allow), port
+
+
+def package_index_hosts(environ: dict[str, str] | None = None) -> list[tuple[str, int]]:
+    """Where pip downloads from: PyPI (its index and its file host), or the indexes named by
+    ``PIP_INDEX_URL`` / ``PIP_EXTRA_INDEX_URL`` (space-separated URLs)."""
+    environ = dict(os.environ if environ is None else environ)
+    urls = " ".join(environ.get(k, "") for k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")).split()
+    hosts = (
+        {("pypi.org", 443), ("files.pythonhosted.org", 443)}
+        if not environ.get("PIP_INDEX_URL")
+        else set()
+    )
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.hostname:
+            default = 443 if parsed.scheme == "https" else 80
+            hosts.add((parsed.hostname, parsed.port or default))
+    return sorted(hosts)
+
+
 def _spawn(
     namespace: LoopbackNamespace, listen: int, target: int, log: Path, *flags: str, tie: bool = True
 ) -> subprocess.Popen[bytes]:
@@ -191,6 +223,38 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+async def _serve_proxy(listener: socket.socket, allowed: set[tuple[str, int]]) -> None:
+    """HTTP CONNECT to an allowed host and port, then bytes both ways (pip's TLS is end to
+    end); any other request is refused with 403."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            host, _, port = target.rpartition(":")
+            if method != "CONNECT" or (host, int(port or 0)) not in allowed:
+                raise PermissionError(f"{method} {target}")
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        except (
+            TimeoutError,
+            OSError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(handle, sock=listener)
+    async with server:
+        await server.serve_forever()
+
+
 async def _serve(listener: socket.socket, target_host: str, target_port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -217,6 +281,13 @@ def main() -> None:
         "--target-host", default="127.0.0.1", help="inside the namespace (not with --reverse)"
     )
     parser.add_argument("--reverse", action="store_true", help="listen inside, connect out")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="with --reverse: a CONNECT proxy to these only (the package index's hosts)",
+    )
     parser.add_argument("--ready-file", type=Path, help="touched once listening")
     args = parser.parse_args()
     host = os.open("/proc/self/ns/net", os.O_RDONLY) if args.reverse else -1
@@ -232,6 +303,10 @@ def main() -> None:
     setns(host if args.reverse else args.netns)
     if args.ready_file:
         args.ready_file.touch()
+    if args.allow:
+        allowed = {(h, int(p)) for h, _, p in (a.rpartition(":") for a in args.allow)}
+        asyncio.run(_serve_proxy(listener, allowed))
+        return
     if args.reverse and not args.target_host.startswith("127."):
         parser.error("--target-host must be a loopback address with --reverse (the host's)")
     asyncio.run(_serve(listener, args.target_host, args.target_port))

@@ -17,8 +17,8 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import posixpath
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from bioengine_operator import appfolder
+from bioengine_operator.api.app import ZIP_PART_KEY
 from bioengine_operator.api.base import API_VERSION, DNS_1035, DNS_LABEL, DNS_SUBDOMAIN
 from bioengine_operator.api.crds import KINDS, Kind
 
@@ -89,6 +90,22 @@ def load(paths: list[Path], volumes: dict[str, Path]) -> list[Resource]:
     documents: list[Document] = []
     for path in paths:
         documents += _documents(path)
+    return _resources(documents, volumes, set())
+
+
+def from_objects(
+    bodies: list[dict[str, Any]], origin: str, running_datasets: set[tuple[str, str]]
+) -> list[Resource]:
+    """The resources among objects handed over in memory (the worker service's: an app and
+    its code ConfigMaps), checked as files are; ``running_datasets`` (namespace, name) may be
+    listed by an app without being among them."""
+    documents = [Document(origin, _checked(body, origin)) for body in bodies]
+    return _resources(documents, {}, running_datasets)
+
+
+def _resources(
+    documents: list[Document], volumes: dict[str, Path], running_datasets: set[tuple[str, str]]
+) -> list[Resource]:
     config_maps: dict[tuple[str, str], Document] = {}
     resources: dict[tuple[str, str, str], Document] = {}
     for doc in documents:
@@ -110,6 +127,7 @@ def load(paths: list[Path], volumes: dict[str, Path]) -> list[Resource]:
                 f"({resources[other].origin}): names must differ on one machine"
             )
     datasets = {(ns, name) for kind, ns, name in resources if kind == "BioEngineDataset"}
+    datasets |= running_datasets
     return [
         _resolve(doc, config_maps, datasets, volumes)
         for _, doc in sorted(resources.items(), key=lambda item: item[0])
@@ -216,10 +234,37 @@ def _config_map_files(doc: Document) -> dict[str, bytes]:
     return files
 
 
-def _inside(path: str) -> bool:
-    """Whether ``path`` is relative and stays inside its folder."""
-    clean = posixpath.normpath(path)
-    return bool(path) and not path.startswith("/") and clean != ".." and not clean.startswith("../")
+def _app_files(
+    where: str, source: dict[str, Any], config_map: Callable[[str, str], dict[str, bytes]]
+) -> dict[str, bytes]:
+    """The app's folder as a Ray pod sees it at APP_DIR: a configMap source's keys placed by
+    its items, or a zip source's parts joined and unpacked (as its init container does).
+    ``config_map(field, name)`` is the files of a ConfigMap among the inputs."""
+    if "zip" in source:
+        parts = []
+        for index, name in enumerate(source["zip"]["configMaps"]):
+            field = f"spec.source.zip.configMaps[{index}]"
+            part = config_map(field, name).get(ZIP_PART_KEY)
+            if part is None:
+                raise InputError(f"{where}: {field}: ConfigMap {name} has no key {ZIP_PART_KEY}")
+            parts.append(part)
+        try:
+            return appfolder.unzip(b"".join(parts))
+        except appfolder.AppFolderError as err:
+            raise InputError(f"{where}: spec.source.zip: {err}") from None
+    if "configMap" not in source:
+        raise InputError(
+            f"{where}: spec.source: only a configMap or zip source runs on one machine "
+            "(give the app's folder instead)"
+        )
+    code = config_map("spec.source.configMap.name", source["configMap"]["name"])
+    items = source["configMap"].get("items") or [{"key": k, "path": k} for k in code]
+    files = {}
+    for item in items:
+        if item["key"] not in code:
+            raise InputError(f"{where}: spec.source.configMap.items: no key {item['key']}")
+        files[item["path"]] = code[item["key"]]
+    return files
 
 
 def _resolve(
@@ -252,7 +297,7 @@ def _resolve(
                     f"this machine: give one with --volume {claim}=PATH"
                 )
             sub_path = source["pvc"].get("subPath", "")
-            if sub_path and not _inside(sub_path):
+            if sub_path and not appfolder.inside(sub_path):
                 raise InputError(f"{where}: {field}.pvc.subPath: must stay inside the volume")
             folder = volumes[claim] / sub_path
         else:
@@ -264,19 +309,7 @@ def _resolve(
         return folder.resolve()
 
     if kind.kind == "BioEngineApp":
-        source = spec["source"]
-        if "configMap" not in source:
-            raise InputError(
-                f"{where}: spec.source: only a configMap source runs on one machine "
-                "(give the app's folder instead)"
-            )
-        code = config_map("spec.source.configMap.name", source["configMap"]["name"])
-        items = source["configMap"].get("items") or [{"key": k, "path": k} for k in code]
-        files = {}
-        for item in items:
-            if item["key"] not in code:
-                raise InputError(f"{where}: spec.source.configMap.items: no key {item['key']}")
-            files[item["path"]] = code[item["key"]]
+        files = _app_files(where, spec["source"], config_map)
         for index, name in enumerate(spec.get("datasets") or []):
             if (namespace, name) not in datasets:
                 raise InputError(
@@ -290,7 +323,7 @@ def _resolve(
             name = repository["configMap"]["name"]
             files = config_map("spec.modelRepository.configMap", name)
             for key, content in files.items():
-                if not _inside(key.replace("__", "/")):
+                if not appfolder.inside(key.replace("__", "/")):
                     raise InputError(
                         f"{where}: spec.modelRepository.configMap: key {key!r} leaves the "
                         "model repository"

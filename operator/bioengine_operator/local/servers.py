@@ -29,6 +29,7 @@ from bioengine_operator.local.procs import free_port
 
 # Hypha server settings for a server that a bridge registers with (also set by the chart).
 logger = logging.getLogger(__name__)
+DASHBOARD_PORT = 8265  # Ray's dashboard (and Serve's REST API), inside Ray's namespace
 BRIDGE_RATE_LIMITS = {"HYPHA_WS_MSG_RATE_LIMIT": "10000", "HYPHA_WS_MSG_BURST_LIMIT": "20000"}
 
 
@@ -280,16 +281,23 @@ class RayServe:
     def _start(
         self, python_path: list[Path], timeout: float, env: dict[str, str] | None, num_cpus: int
     ) -> None:
-        self.reverse: list[subprocess.Popen[bytes]] = []
+        self.relays: list[subprocess.Popen[bytes]] = []
         self.namespace = netns.LoopbackNamespace(self.workdir)
         self.namespace.start()
         ray = venv("ray") / "bin"
         # A short temp dir: Ray's socket paths must stay under the 107-byte limit.
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        # Apps' pip= requirements: Ray's runtime_env pip installs them inside, through a proxy
+        # that reaches the package index and nothing else.
+        proxy, proxy_port = netns.index_proxy(
+            self.namespace, self.workdir / "index-proxy.log", netns.package_index_hosts()
+        )
+        self.relays.append(proxy)
         self.env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": ":".join(str(p) for p in python_path),
+            "PIP_PROXY": f"http://127.0.0.1:{proxy_port}",
             **(env or {}),
         }
         log = self.workdir / "ray.log"
@@ -311,7 +319,9 @@ class RayServe:
                 env=self.env,
             )
             procs.wait_for(
-                lambda: self._inside(["curl", "-sf", "http://127.0.0.1:8265/api/version"]),
+                lambda: self._inside(
+                    ["curl", "-sf", f"http://127.0.0.1:{DASHBOARD_PORT}/api/version"]
+                ),
                 "ray dashboard",
                 timeout,
                 proc=self.head,
@@ -335,7 +345,7 @@ class RayServe:
         config.write_text(yaml.safe_dump(serve_config))
         serve = venv("ray") / "bin" / "serve"
         if not self._inside(
-            [str(serve), "deploy", str(config), "--address", "http://127.0.0.1:8265"]
+            [str(serve), "deploy", str(config), "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"]
         ):
             raise RuntimeError(f"serve deploy failed\n{procs.tail(self.workdir / 'ray.log')}")
 
@@ -343,7 +353,7 @@ class RayServe:
         """Let code inside reach ``127.0.0.1:port`` of the host (as a pod reaches a Service)."""
         assert self.namespace is not None
         log = self.workdir / f"reverse-relay-{port}.log"
-        self.reverse.append(netns.reverse_relay(self.namespace, port, log))
+        self.relays.append(netns.reverse_relay(self.namespace, port, log))
 
     def expose(self, address: tuple[str, int], port: int, name: str) -> subprocess.Popen[bytes]:
         """Let code inside reach host ``127.0.0.1:port`` at ``address`` (a loopback address
@@ -352,6 +362,15 @@ class RayServe:
         return netns.reverse_relay(
             self.namespace, port, self.workdir / f"relay-{name}.log", listen=address
         )
+
+    def relay_dashboard(self) -> int:
+        """A host port relayed to Ray's dashboard inside (where the worker service reads
+        Serve's deployments and replica logs, as it reads an app's head Service in a cluster);
+        the relay stops with Ray."""
+        assert self.namespace is not None
+        relay, port = netns.relay(self.namespace, DASHBOARD_PORT, self.workdir / "dashboard.log")
+        self.relays.append(relay)
+        return port
 
     def use_hosts(self, hosts: Path) -> None:
         """Resolve names inside from ``hosts`` (bind-mounted over /etc/hosts in the
@@ -372,7 +391,7 @@ class RayServe:
                 *self.namespace.enter(),
                 "curl",
                 "-sf",
-                "http://127.0.0.1:8265/api/serve/applications/",
+                f"http://127.0.0.1:{DASHBOARD_PORT}/api/serve/applications/",
             ],
             capture_output=True,
             env=self.env,
@@ -388,8 +407,8 @@ class RayServe:
         if self.namespace is not None:
             self.namespace.stop()
             self.namespace = None
-        for proc in [*getattr(self, "reverse", []), self.relay, self.head]:
+        for proc in [*getattr(self, "relays", []), self.relay, self.head]:
             if proc is not None:
                 procs.stop_group(proc.pid)
-        self.reverse, self.relay, self.head = [], None, None
+        self.relays, self.relay, self.head = [], None, None
         shutil.rmtree(getattr(self, "temp", ""), ignore_errors=True)

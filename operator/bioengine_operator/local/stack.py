@@ -30,6 +30,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.base import default_service_id
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
 from bioengine_operator.bridge import hypha
+from bioengine_operator.bridge.worker import Worker
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.builders import meta, rayservice, triton
 from bioengine_operator.controllers.app import serve_condition
@@ -47,8 +49,13 @@ from bioengine_operator.dataserver import tokens
 from bioengine_operator.local import envs, procs, servers
 from bioengine_operator.local.bridge import LocalBridge
 from bioengine_operator.local.resources import Resource
+from bioengine_operator.local.worker import LocalObjects
 
 BRIDGE_USER = "bioengine-bridge"
+BRIDGE_CLIENT = "bioengine-local-bridge"
+# The ports of a runner's and a dataset server's Service, which apps in Ray's namespace reach
+# them at, as in the cluster.
+SERVICE_PORTS = {"ModelRunner": triton.GRPC_PORT, "BioEngineDataset": dataset_builder.PORT}
 SERVER_ID = "bioengine-local"
 Key = tuple[str, str, str]
 Progress = Callable[[str], None]
@@ -69,12 +76,18 @@ class Running:
 
     resource: Resource
     digest: str
-    state: str = "Starting"  # Starting, Ready, Failed, Unavailable
+    state: str = "Starting"  # Starting, Ready, Degraded, Failed, Unavailable
     message: str = ""
     endpoint: Any = None  # for the bridge: a URL, or blue/green gRPC targets
     processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
     log: Path | None = None
     application: dict[str, Any] | None = None  # an app's Serve application, once built
+
+    @property
+    def uid(self) -> str:
+        """The uid its body gets, as the API server gives every object one (new code, new
+        uid: the bridge registers it afresh)."""
+        return f"local-{self.digest}"
 
     def stop(self) -> None:
         for proc in self.processes:
@@ -88,8 +101,10 @@ class LocalStack:
         state_dir: Path,
         progress: Progress,
         remote: Remote | None = None,
+        worker_admins: tuple[str, ...] = (),
     ) -> None:
         self.state = state_dir
+        self.worker_admins = worker_admins  # who may deploy through the worker service
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.progress, self.remote = progress, remote
@@ -97,8 +112,11 @@ class LocalStack:
         self.hypha: servers.HyphaServer | None = None
         self.ray: servers.RayServe | None = None
         self.bridge: LocalBridge | None = None
-        self.addresses: dict[Key, str] = {}  # a runner's loopback address inside Ray's namespace
+        # A runner.s or dataset server.s loopback address inside Ray.s namespace.
+        self.addresses: dict[Key, str] = {}
         self.deployed_apps: dict[str, dict[str, Any]] = {}
+        # Held by whoever changes the stack: the supervisor's requests, the worker service.
+        self.lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -141,8 +159,22 @@ class LocalStack:
                 self.hypha = None
                 raise
         self.progress(f"connecting the bridge to {self.server_url}, workspace {self.workspace}")
-        settings = hypha.Settings(self.server_url, self.workspace, token, "bioengine-local-bridge")
-        self.bridge = LocalBridge(settings, key)
+        settings = hypha.Settings(self.server_url, self.workspace, token, BRIDGE_CLIENT)
+        self.bridge = bridge = LocalBridge(settings, key)
+        objects = LocalObjects(self)
+        worker = Worker(
+            objects=objects,
+            workspace=self.workspace,
+            cluster_name="",  # one worker in its workspace: `bioengine-worker`
+            client_id=BRIDGE_CLIENT,
+            admins=self.worker_admins,
+            endpoints=bridge.endpoints,
+            session=lambda: bridge.registry.session,
+            registered=lambda name: (
+                ("BioEngineApp", objects.namespace, name) in bridge.registry.registered
+            ),
+        )
+        bridge.add_service(worker.definition())
 
     def stop(self) -> None:
         """Unregister, then stop every process this stack started."""
@@ -172,9 +204,9 @@ class LocalStack:
 
     # -- reconciling ----------------------------------------------------------------------
 
-    def apply(self, resources: list[Resource], timeout: float = 900) -> None:
+    def apply(self, resources: list[Resource], timeout: float = 900, wait: bool = True) -> None:
         """Start what is new, restart what changed (datasets, then runners, then apps: an
-        app may need both), and wait until each serves or has failed."""
+        app may need both), and (``wait``) wait until each serves or has failed."""
         order = {"BioEngineDataset": 0, "ModelRunner": 1, "BioEngineApp": 2}
         given = {r.key for r in resources}
         # Apps not given may mount a dataset that changed: they are checked too.
@@ -205,7 +237,21 @@ class LocalStack:
             self._publish(running)
         if changed_apps:
             self._deploy_apps()
-        self._wait(timeout)
+        if wait:
+            self._wait(timeout)
+
+    def remove(self, key: Key) -> None:
+        """Stop a resource and forget it (the worker's ``stop_app``); Serve drops an app
+        when it is deployed without it."""
+        running = self.running.pop(key, None)
+        if running is None:
+            return
+        running.stop()
+        if self.bridge is not None:
+            self.bridge.forget(key)
+        if key[0] == "BioEngineApp" and self.ray is not None:
+            self.deployed_apps.pop(key[2], None)
+            self._deploy_apps()
 
     def _digest(self, resource: Resource) -> str:
         """What the resource's processes depend on: itself, and for an app the datasets it
@@ -232,7 +278,7 @@ class LocalStack:
             status["readyReplicas"] = int(ready)
         body = {
             **resource.body,
-            "metadata": {**resource.body["metadata"], "uid": f"local-{running.digest}"},
+            "metadata": {**resource.body["metadata"], "uid": running.uid},
             "status": status,
         }
         self.bridge.observe(body, running.endpoint)
@@ -242,7 +288,7 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         said = 0.0
         while time.monotonic() < deadline:
-            self._sync_apps()
+            self.refresh()
             pending = [r for r in self.running.values() if r.state == "Starting"]
             registered = self.bridge.registered() if self.bridge else {}
             unregistered = [
@@ -294,6 +340,8 @@ class LocalStack:
         running.processes.append(proc)
         running.endpoint = f"http://127.0.0.1:{port}"
         self._until_ready(running, f"{running.endpoint}/healthz", proc)
+        if self.ray is not None:
+            self._expose(running)
 
     def _until_ready(self, running: Running, url: str, proc: subprocess.Popen[bytes]) -> None:
         try:
@@ -342,24 +390,31 @@ class LocalStack:
         running.endpoint = {"blue": server.grpc, "green": server.grpc}
         running.state = "Ready"
         if self.ray is not None:
-            self._expose_runner(running)
+            self._expose(running)
 
-    def _expose_runner(self, running: Running) -> None:
-        """Relay the runner's ports to its own loopback address inside Ray's namespace,
-        under its Service's names."""
+    def _expose(self, running: Running) -> None:
+        """Relay a runner's gRPC port or a dataset server's port to a loopback address of its
+        own inside Ray's namespace, under its Service's names, so apps reach them at the
+        addresses they have in the cluster."""
         assert self.ray is not None
-        if running.state != "Ready":
+        if running.state != "Ready" or running.resource.kind not in SERVICE_PORTS:
             return
         key = running.resource.key
         address = self.addresses.setdefault(key, f"127.0.1.{len(self.addresses) + 1}")
-        grpc = int(running.endpoint["blue"].rsplit(":", 1)[1])
-        name = running.resource.name
-        running.processes.append(self.ray.expose((address, triton.GRPC_PORT), grpc, f"{name}-grpc"))
+        if running.resource.kind == "ModelRunner":
+            host = running.endpoint["blue"]
+        else:
+            host = running.endpoint
+        port = int(str(host).rsplit(":", 1)[1])
+        inside = SERVICE_PORTS[running.resource.kind]
+        relay = self.ray.expose((address, inside), port, f"{running.resource.name}-{inside}")
+        running.processes.append(relay)
         self._write_hosts()
 
     def _write_hosts(self) -> None:
         lines = ["127.0.0.1 localhost"]
-        for (_, namespace, name), address in sorted(self.addresses.items()):
+        for key, address in sorted(self.addresses.items()):
+            name, namespace = _service_name(*key), key[1]
             service = f"{name}.{namespace}.svc"
             lines.append(f"{address} {name} {name}.{namespace} {service} {service}.cluster.local")
         hosts = self.state / "hosts"
@@ -382,8 +437,10 @@ class LocalStack:
             raise
         self.ray = ray
         for running in self.running.values():
-            if running.resource.kind == "ModelRunner":
-                self._expose_runner(running)
+            self._expose(running)
+        if self.bridge is not None:  # the worker service reads deployments and logs there
+            dashboard = f"http://127.0.0.1:{ray.relay_dashboard()}"
+            self.bridge.endpoints.overrides[f"raydashboard/{LocalObjects.namespace}/*"] = dashboard
         return ray
 
     def _application(self, running: Running) -> dict[str, Any]:
@@ -401,7 +458,11 @@ class LocalStack:
             assert folder.resource.folder is not None
             (mounts / name).symlink_to(folder.resource.folder)
             volume = {"hostPath": {"path": str(folder.resource.folder)}}
-            datasets.append(rayservice.MountedDataset(name, str(folder.endpoint), volume))
+            # Its Service's address, which Ray's namespace resolves to a relay (_expose).
+            server = dataset_builder.endpoint(
+                meta.Owner("BioEngineDataset", name, resource.namespace, "local")
+            )
+            datasets.append(rayservice.MountedDataset(name, server, volume))
         inputs = rayservice.Inputs(datasets=tuple(datasets))
         application = dict(rayservice.serve_config(owner, spec, inputs)["applications"][0])
         application["args"]["envVars"]["BIOENGINE_DATA_DIR"] = str(mounts)
@@ -449,8 +510,10 @@ class LocalStack:
             return
         self.deployed_apps = {a["name"]: a for a in applications}
 
-    def _sync_apps(self) -> None:
-        """Each app's state from Serve's status, as the operator reads it from KubeRay."""
+    def refresh(self) -> None:
+        """Each app's state from Serve's status, as the operator reads it from KubeRay: a
+        replica failing its health check makes its app ``Degraded`` until Serve has replaced
+        it (the supervisor calls this between requests too)."""
         if self.ray is None:
             return
         statuses = self.ray.serve_status()
@@ -507,6 +570,13 @@ class LocalStack:
                 }
             )
         return rows
+
+
+def _service_name(kind: str, namespace: str, name: str) -> str:
+    """The name of a resource's Service in the cluster (what apps connect to)."""
+    if kind == "BioEngineDataset":
+        return dataset_builder.server_name(meta.Owner(kind, name, namespace, "local"))
+    return name
 
 
 def _secret(path: Path) -> str:

@@ -32,6 +32,9 @@ from bioengine_operator.local.stack import LocalStack, Remote
 SOCKET, PID_FILE, LOG, LOCK = "control.sock", "supervisor.pid", "supervisor.log", "supervisor.lock"
 STATE_ENV = "BIOENGINE_STATE_DIR"
 MODULE = "bioengine_operator.local.supervisor"
+# How often the supervisor re-reads Serve's status between requests, so that `status` shows
+# a replica failing its health check (Serve replaces it within seconds).
+REFRESH_SECONDS = 1.0
 
 
 class Stopped(BaseException):
@@ -70,10 +73,12 @@ def request(state_dir: Path, message: dict[str, Any]) -> Iterator[dict[str, Any]
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, remote: Remote | None) -> None:
+    def __init__(
+        self, state_dir: Path, remote: Remote | None, worker_admins: tuple[str, ...] = ()
+    ) -> None:
         self.state_dir = state_dir
         self.client: socket.socket | None = None
-        self.stack = LocalStack(state_dir, self.progress, remote)
+        self.stack = LocalStack(state_dir, self.progress, remote, worker_admins)
 
     def progress(self, text: str) -> None:
         print(text, flush=True)
@@ -103,9 +108,14 @@ class Supervisor:
             os.umask(old_umask)
         listener.listen(8)
         (self.state_dir / PID_FILE).write_text(str(os.getpid()))
+        listener.settimeout(REFRESH_SECONDS)  # accepted connections stay blocking
         try:
             while True:
-                conn, _ = listener.accept()
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    self.refresh()
+                    continue
                 with conn:
                     if not self.handle(conn):
                         return
@@ -119,6 +129,17 @@ class Supervisor:
             self.stack.stop()
             (self.state_dir / PID_FILE).unlink(missing_ok=True)
 
+    def refresh(self) -> None:
+        """The apps' states from Serve; a failure to read them is logged and tried again."""
+        if not self.stack.started or not self.stack.lock.acquire(blocking=False):
+            return  # the worker service is changing the stack: next time
+        try:
+            self.stack.refresh()
+        except Exception:  # the stack keeps running; the next refresh tries again
+            logging.exception("reading the apps' states failed")
+        finally:
+            self.stack.lock.release()
+
     def handle(self, conn: socket.socket) -> bool:
         """Answer one request; False when it asks the supervisor to stop."""
         self.client = conn
@@ -126,7 +147,8 @@ class Supervisor:
         try:
             with conn.makefile("r", encoding="utf-8") as lines:
                 message = json.loads(lines.readline() or "{}")
-            answer = self.answer(message)
+            with self.stack.lock:  # the worker service may be changing it too
+                answer = self.answer(message)
         except resources.InputError as err:
             answer = {"done": False, "error": str(err)}
         except Exception as err:  # the stack keeps running; the log has the traceback
@@ -150,7 +172,9 @@ class Supervisor:
         elif verb == "env":
             token = self.stack.user_token(message["user"])
             return {"done": True, **self.connection(), "token": token}
-        elif verb not in ("status", "down"):
+        elif verb == "status":
+            self.stack.refresh()
+        elif verb != "down":
             raise ValueError(f"unknown request {verb!r}")
         rows = self.stack.rows()
         stack = [os.getpid(), *procs.descendants(os.getpid())]
@@ -172,6 +196,7 @@ def main() -> None:
     parser.add_argument("--envs-dir", type=Path)
     parser.add_argument("--server-url")
     parser.add_argument("--workspace")
+    parser.add_argument("--worker-admins", default="", help="comma-separated users")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
@@ -182,7 +207,8 @@ def main() -> None:
     started = time.monotonic()
     if args.envs_dir:  # for every backend this process and its children start
         os.environ[envs.ENVS_DIR] = str(args.envs_dir)
-    Supervisor(args.state_dir, remote).run()
+    admins = tuple(a.strip() for a in args.worker_admins.split(",") if a.strip())
+    Supervisor(args.state_dir, remote, admins).run()
     print(f"stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
 
 

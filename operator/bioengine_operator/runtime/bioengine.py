@@ -27,11 +27,18 @@ What each decorator becomes on Ray Serve:
   Serve's model multiplexing with ``max_num_models_per_replica``.
 * A constructor parameter annotated with another ``@bioengine.app`` class is that
   deployment, bound by the entry point; its methods are awaited without ``.remote()``.
+* ``bioengine.datasets``: the app's datasets, mounted (``path``) or read over HTTP from
+  their servers (``list_files``, ``get_file``) with the token of the user whose call is
+  served, which the Hypha bridge mints per call and the ingress passes on.
+* ``bioengine.__version__`` is the version of this runtime (the operator's), and
+  ``bioengine.utils`` the upstream helpers apps import (:mod:`bioengine_utils`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
 import importlib.metadata
 import inspect
@@ -39,8 +46,13 @@ import json
 import logging
 import math
 import os
+import sys
+import types
 import typing
-from collections.abc import Callable
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,10 +66,21 @@ except ImportError:  # pragma: no cover - exercised by the apps' own tests
     serve = None
     DeploymentHandle = None
 
+try:  # shipped beside this module; `import bioengine.utils` finds it in sys.modules
+    import bioengine_utils as utils
+except ImportError:  # pragma: no cover - this file alone, as an app's own tests may copy it
+    pass
+else:
+    sys.modules[f"{__name__}.utils"] = utils
+
+# The runtime's version, the operator's (tests/test_runtime.py keeps the two equal).
+__version__ = "0.1.0"
 __all__ = [
     "BioEngineUserError",
+    "DataServerError",
     "MissingDataServerError",
     "ReservedMethodNameError",
+    "__version__",
     "app",
     "async_init",
     "cached",
@@ -79,6 +102,14 @@ HOOKS = ("async_init", "smoke_test", "health_check")
 GPU_MEMORY_ENV = "BIOENGINE_GPU_MEMORY_MB"
 DATASETS_ENV = "BIOENGINE_DATASETS"
 DATA_DIR_ENV = "BIOENGINE_DATA_DIR"
+# The ingress hands a call's dataset tokens (the caller's, minted by the Hypha bridge) to the
+# replica through this method of every app class; composed calls pass them on the same way.
+CALL_WITH_TOKENS = "_bioengine_call"
+DATASET_TIMEOUT_SECONDS = 60.0
+# Dataset name -> the caller's token for it, for the call being served.
+_caller_tokens: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "bioengine_dataset_tokens", default=types.MappingProxyType({})
+)
 _ARBITRARY = pydantic.ConfigDict(arbitrary_types_allowed=True)
 
 logger = logging.getLogger("ray.serve" if serve is not None else "bioengine.app")
@@ -97,7 +128,16 @@ class CompositionCycleError(BioEngineUserError):
 
 
 class MissingDataServerError(BioEngineUserError):
-    """The app asked for a dataset the app's resource does not list."""
+    """The app asked for a dataset the app's resource does not list, or for one over HTTP
+    outside a call (no caller, no token)."""
+
+
+class DataServerError(RuntimeError):
+    """A dataset server refused or failed a request: ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SmokeTestFailed(RuntimeError):
@@ -424,6 +464,21 @@ def _with_lifecycle(cls: Any, hooks: dict[str, str | None]) -> None:
 
     cls.__init__ = __init__
     cls.check_health = check_health
+    setattr(cls, CALL_WITH_TOKENS, _call_with_tokens)
+
+
+async def _call_with_tokens(
+    self: Any, method: str, tokens: dict[str, str], args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """``self.<method>(*args, **kwargs)`` with the caller's dataset tokens set. At module
+    level, so Ray pickles the class's reference to it by name: a closure would carry the
+    context variable, which cannot be pickled."""
+    reset = _caller_tokens.set(dict(tokens))
+    try:
+        result = getattr(self, method)(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+    finally:
+        _caller_tokens.reset(reset)
 
 
 def app(
@@ -471,19 +526,32 @@ def app_class(target: Any) -> type | None:
 
 
 class _Method:
-    __slots__ = ("_method",)
+    """One method of another deployment; a call made while serving a caller carries that
+    caller's dataset tokens along."""
 
-    def __init__(self, bound: Any) -> None:
-        self._method = bound
+    __slots__ = ("_handle", "_name")
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self._handle, self._name = handle, name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method.remote(*args, **kwargs)
+        return self.remote(*args, **kwargs)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method.remote(*args, **kwargs)
+        return call_method(self._handle, self._name, list(args), kwargs, _caller_tokens.get())
 
     def options(self, **options: Any) -> _Method:
-        return _Method(self._method.options(**options))
+        return _Method(self._handle.options(**options), self._name)
+
+
+def call_method(
+    handle: Any, name: str, args: list[Any], kwargs: dict[str, Any], tokens: Mapping[str, str]
+) -> Any:
+    """``handle.<name>.remote(...)``, through the app class's token-setting method when
+    there are dataset tokens to pass on (so calls without them run exactly as before)."""
+    if tokens:
+        return getattr(handle, CALL_WITH_TOKENS).remote(name, dict(tokens), args, kwargs)
+    return getattr(handle, name).remote(*args, **kwargs)
 
 
 class RuntimeHandle:
@@ -498,7 +566,7 @@ class RuntimeHandle:
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _Method(getattr(self._raw, name))
+        return _Method(self._raw, name)
 
     def __repr__(self) -> str:
         return f"<bioengine runtime handle {self._raw.deployment_name}>"
@@ -514,11 +582,25 @@ def _runtime_handle(value: Any) -> Any:
 
 
 class Datasets:
-    """The BioEngineDatasets the app's resource lists (``spec.datasets``), mounted read-only
-    into every Ray pod: ``bioengine.datasets.path("cell-images") / "hela.zarr"``."""
+    """The BioEngineDatasets the app's resource lists (``spec.datasets``).
+
+    Two ways in: :meth:`path` is the dataset mounted read-only into every Ray pod (what the
+    cluster admin granted the app), and :meth:`list_files` / :meth:`get_file` read it from
+    its dataset server over HTTP as upstream BioEngine apps do, with the token of the user
+    whose call is being served (minted by the Hypha bridge for that call), so the dataset's
+    ``authorizedUsers`` decide per caller; ``token=`` names another one."""
 
     def _all(self) -> dict[str, dict[str, Any]]:
         return dict(json.loads(os.environ.get(DATASETS_ENV) or "{}"))
+
+    def _known(self, dataset_id: str) -> dict[str, Any]:
+        known = self._all()
+        if dataset_id not in known:
+            raise MissingDataServerError(
+                f"dataset {dataset_id!r} is not among this app's datasets "
+                f"({', '.join(sorted(known)) or 'none'}): list it in spec.datasets"
+            )
+        return known[dataset_id]
 
     async def list_datasets(self) -> dict[str, dict[str, Any]]:
         """Dataset name → what the app knows of it (its in-cluster ``url``)."""
@@ -526,25 +608,139 @@ class Datasets:
 
     def path(self, dataset_id: str) -> Path:
         """Where ``dataset_id`` is mounted in this pod."""
-        known = self._all()
-        if dataset_id not in known:
+        if not self._known(dataset_id).get("mounted"):
             raise MissingDataServerError(
-                f"dataset {dataset_id!r} is not among this app's datasets "
-                f"({', '.join(sorted(known)) or 'none'}): list it in spec.datasets"
-            )
-        if not known[dataset_id].get("mounted"):
-            raise MissingDataServerError(
-                f"dataset {dataset_id!r} has a source that cannot be mounted into Ray pods"
+                f"dataset {dataset_id!r} has a source that cannot be mounted into Ray pods: "
+                "read it with bioengine.datasets.get_file"
             )
         return Path(os.environ.get(DATA_DIR_ENV) or "/data") / dataset_id
 
-    async def list_files(self, dataset_id: str, directory: str = "") -> list[str]:
-        """Names under ``directory`` of a mounted dataset (a zarr store is a directory)."""
-        root = self.path(dataset_id)
-        target = (root / directory).resolve()
-        if not target.is_relative_to(root.resolve()):
-            raise ValueError(f"{directory!r} leaves the dataset")
-        return sorted(p.name for p in target.iterdir())
+    async def list_files(
+        self,
+        dataset_id: str,
+        dir_path: str | None = None,
+        recursive: bool = True,
+        token: str | None = None,
+    ) -> list[str]:
+        """Paths (from the dataset's root) of the files under ``dir_path``; not
+        ``recursive``: its files and folders, folders ending in ``/``."""
+        query = urllib.parse.urlencode({"path": dir_path or "", "recursive": str(recursive)})
+        body = await self._get(dataset_id, f"/files?{query.lower()}", token)
+        entries = json.loads(body)["entries"]
+        return [e["path"] + ("/" if e["type"] == "directory" else "") for e in entries]
+
+    async def get_file(self, dataset_id: str, file_path: str, token: str | None = None) -> Any:
+        """A file's bytes; for a zarr store (a path ending in ``.zarr``) a read-only zarr
+        store over HTTP that ``zarr.open`` takes, reading only the chunks it needs."""
+        if file_path.rstrip("/").endswith(".zarr"):
+            return _zarr_store(self, dataset_id, file_path.rstrip("/"), token)
+        return await self._get(dataset_id, f"/files/{urllib.parse.quote(file_path)}", token)
+
+    async def _get(
+        self, dataset_id: str, target: str, token: str | None, byte_range: str | None = None
+    ) -> bytes:
+        url = str(self._known(dataset_id)["url"]).rstrip("/") + target
+        token = token or _caller_tokens.get().get(dataset_id)
+        if not token:
+            raise MissingDataServerError(
+                f"no token for dataset {dataset_id!r}: read it over HTTP within a call "
+                "(the caller's token), or pass token="
+            )
+        headers = {"Authorization": f"Bearer {token}"}
+        if byte_range:
+            headers["Range"] = byte_range
+        return await asyncio.to_thread(_fetch, url, headers)
+
+
+def _fetch(url: str, headers: dict[str, str]) -> bytes:
+    """GET ``url``: the body, b"" for a missing file asked with a Range (zarr's missing
+    chunk), DataServerError quoting the server otherwise."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=DATASET_TIMEOUT_SECONDS) as answer:
+            return bytes(answer.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")[:300]
+        raise DataServerError(f"dataset server answered {err.code}: {detail}", err.code) from None
+
+
+def _zarr_store(source: Datasets, dataset_id: str, root: str, token: str | None) -> Any:
+    """A read-only zarr (v3 API) store over the dataset server; the caller's token is taken
+    now, so the store keeps working when handed to a thread."""
+    from zarr.abc.store import (  # in the app's environment: apps reading zarr list it
+        ByteRequest,
+        OffsetByteRequest,
+        RangeByteRequest,
+        Store,
+        SuffixByteRequest,
+    )
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+    token = token or _caller_tokens.get().get(dataset_id)
+
+    def header(byte_range: ByteRequest | None) -> str | None:
+        if isinstance(byte_range, RangeByteRequest):
+            return f"bytes={byte_range.start}-{byte_range.end - 1}"
+        if isinstance(byte_range, OffsetByteRequest):
+            return f"bytes={byte_range.offset}-"
+        if isinstance(byte_range, SuffixByteRequest):
+            return f"bytes=-{byte_range.suffix}"
+        return None
+
+    class HttpZarrStore(Store):
+        supports_writes = supports_deletes = supports_partial_writes = False
+        supports_listing = True
+
+        def __init__(self) -> None:
+            super().__init__(read_only=True)
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+        async def get(
+            self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+        ) -> Buffer | None:
+            target = f"/files/{urllib.parse.quote(f'{root}/{key}')}"
+            try:
+                data = await source._get(dataset_id, target, token, header(byte_range))
+            except DataServerError as err:
+                if err.status == 404:
+                    return None  # a chunk never written: zarr fills it
+                raise
+            return prototype.buffer.from_bytes(data)
+
+        async def get_partial_values(
+            self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+        ) -> list[Buffer | None]:
+            return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+        async def exists(self, key: str) -> bool:
+            return key in [p.removeprefix(f"{root}/") for p in await self._files(root)]
+
+        async def _files(self, folder: str) -> list[str]:
+            return await source.list_files(dataset_id, folder, recursive=True, token=token)
+
+        async def list(self) -> AsyncIterator[str]:
+            for path in await self._files(root):
+                yield path.removeprefix(f"{root}/")
+
+        async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+            async for key in self.list():
+                if key.startswith(prefix):
+                    yield key
+
+        async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+            folder = f"{root}/{prefix.rstrip('/')}" if prefix else root
+            for path in await source.list_files(dataset_id, folder, False, token):
+                yield path.removeprefix(f"{folder}/").rstrip("/")
+
+        async def set(self, key: str, value: Buffer) -> None:
+            raise PermissionError("datasets are read-only")
+
+        async def delete(self, key: str) -> None:
+            raise PermissionError("datasets are read-only")
+
+    return HttpZarrStore()
 
 
 datasets = Datasets()

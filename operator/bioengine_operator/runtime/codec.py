@@ -17,6 +17,9 @@ import numpy as np
 
 NDARRAY = 1
 CONTENT_TYPE = "application/vnd.bioengine.msgpack"
+# A call's dataset tokens (JSON, dataset name → the caller's token), from the bridge to the
+# app's ingress, which hands them to ``bioengine.datasets``.
+DATASET_TOKENS_HEADER = "X-BioEngine-Dataset-Tokens"
 _HEADER_SIZE = struct.Struct("<I")
 
 

@@ -16,7 +16,9 @@ behind a small HTTP ingress:
 * ``GET <route>/__describe__``: the ``@bioengine.method`` functions of the entry class with
   their JSON schemas (built here, where the app's code is importable), and whether the app
   has a frontend;
-* ``POST <route>/<method>``: a call, msgpack-encoded ``[args, kwargs]``;
+* ``POST <route>/<method>``: a call, msgpack-encoded ``[args, kwargs]``; the header
+  ``X-BioEngine-Dataset-Tokens`` (JSON, dataset name → token) carries the caller's tokens
+  for the app's datasets, which ``bioengine.datasets`` sends to the dataset servers;
 * ``GET <route>/__frontend__/<path>``: files of the folder holding ``frontend_entry``.
 
 The Hypha bridge speaks to that ingress over plain HTTP, so it needs no Ray client (whose
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import mimetypes
 import os
 import traceback
@@ -177,7 +180,8 @@ class Ingress:
             return JSONResponse({"error": f"no method {name!r}"}, status_code=404)
         try:
             args, kwargs = codec.loads(await request.body())
-            result = await getattr(self.entry, name).remote(*args, **kwargs)
+            tokens = json.loads(request.headers.get(codec.DATASET_TOKENS_HEADER) or "{}")
+            result = await bioengine.call_method(self.entry, name, args, kwargs, tokens)
             return Response(codec.dumps(result), media_type=codec.CONTENT_TYPE)
         except Exception as err:  # the caller gets the app's error, not a bare 500
             detail = "".join(traceback.format_exception_only(err)).strip()
