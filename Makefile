@@ -64,7 +64,7 @@ crds: venv
 	$(PY) -m bioengine_operator.api.crds crds
 	cp crds/*.yaml charts/bioengine-operator/crds/
 
-## lint: ruff, and mypy --strict on the shipped package (pyproject.toml's [tool.mypy])
+## lint: ruff, and mypy --strict on the shipped package and the dev harness (pyproject.toml's [tool.mypy])
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

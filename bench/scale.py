@@ -48,8 +48,9 @@ from typing import Any
 from bioengine_devtools import cluster as devcluster
 from bioengine_devtools import operator_process
 from bioengine_devtools.chaos import CHILDREN, MODELS, reported
+from bioengine_operator import kube
 from bioengine_operator.api.base import API_VERSION
-from bioengine_operator.controllers import kube, outcome
+from bioengine_operator.controllers import outcome
 from bioengine_operator.handlers import RECONCILERS
 from bioengine_operator.local import procs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioengine_operator.controllers.app import NO_UPGRADE, serve_conditions
+from bioengine_operator.api.serve import NO_UPGRADE, serve_conditions
 
 TRACEBACK = (
     "The deployment failed to start 3 times in a row. Error:\n"

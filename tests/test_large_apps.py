@@ -26,12 +26,11 @@ from test_worker_e2e import until, worker_of
 from test_worker_uploads import folder_files
 
 from bioengine_devtools.stack import NS, WORKSPACE, BridgeStack
-from bioengine_operator import appfolder
+from bioengine_operator import appfolder, kube
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.bridge import uploads
 from bioengine_operator.builders import meta, rayservice
 from bioengine_operator.controllers import app as app_controller
-from bioengine_operator.controllers import kube
 from bioengine_operator.local import resources
 from bioengine_operator.runtime import codec
 

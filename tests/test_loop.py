@@ -13,8 +13,13 @@ from typing import Any
 
 import pytest
 
-from bioengine_operator.controllers import kube, loop, outcome
+from bioengine_devtools.stack import eventually
+from bioengine_operator import kube
+from bioengine_operator.controllers import loop, outcome
 from bioengine_operator.controllers.workqueue import WorkQueue
+
+# Waiting for the loop: how long at most (far above the milliseconds it takes), how often.
+WAIT, POLL = 5.0, 0.01
 
 
 def test_a_key_waits_once_and_is_never_processed_twice_at_once() -> None:
@@ -98,20 +103,35 @@ def test_resync_drops_what_was_deleted_during_a_watch_gap(monkeypatch: pytest.Mo
         kube, "existing", lambda api_version, keys: {k for k in keys if k[2] != "gone"}
     )
 
+    async def both_reconciled() -> None:
+        with lock:
+            assert {"kept", "gone"} <= set(reconciled)
+
+    async def resynced(before: int) -> None:
+        with lock:
+            assert len(reconciled) - before >= 2
+
     async def scenario() -> None:
         running = loop.Loop({"ModelRunner": reconcile}, outcome.Settings(resync_seconds=0.05), 2)
+
+        async def gone_dropped() -> None:
+            assert ("ModelRunner", "lab", "gone") not in running.bodies
+
         running.start()
         try:
             running.observe(body("kept"))
             running.observe(body("gone"))
-            await asyncio.sleep(0.3)
-            assert ("ModelRunner", "lab", "gone") not in running.bodies
+            # First the reconciles the two events queued, so that a late one of "gone" is
+            # not taken below for a resync of it.
+            await eventually(both_reconciled, "the first reconcile of both", WAIT, POLL)
+            await eventually(gone_dropped, "a resync dropping gone", WAIT, POLL)
             assert ("ModelRunner", "lab", "kept") in running.bodies
-            before = len(reconciled)
-            await asyncio.sleep(0.2)
+            with lock:
+                before = len(reconciled)
+            await eventually(lambda: resynced(before), "two more resyncs", WAIT, POLL)
             with lock:
                 later = reconciled[before:]
-            assert later and set(later) == {"kept"}  # resyncs go on, for what exists
+            assert set(later) == {"kept"}  # resyncs go on, for what exists
         finally:
             await running.stop()
 
@@ -119,8 +139,22 @@ def test_resync_drops_what_was_deleted_during_a_watch_gap(monkeypatch: pytest.Mo
 
 
 def test_an_object_being_deleted_is_not_reconciled_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kube, "existing", lambda api_version, keys: set(keys))
+    """Nothing may happen here, so there is no event to wait for: the test waits instead for
+    the loop to list the objects twice. With one worker thread, a reconcile queued by the
+    first body or by ``child_changed`` (its settle delay cut to under one resync period)
+    would have run on that thread before the second listing."""
+    listings: list[list[Any]] = []
+
+    def existing(api_version: str, keys: list[Any]) -> set[Any]:
+        listings.append(keys)
+        return set(keys)
+
+    monkeypatch.setattr(kube, "existing", existing)
+    monkeypatch.setattr(loop, "CHILD_SETTLE", 0.01)
     reconciled: list[str] = []
+
+    async def listed_twice() -> None:
+        assert len(listings) >= 2
 
     def reconcile(obj: dict[str, Any], ctx: outcome.Context) -> outcome.Outcome:
         reconciled.append(obj["metadata"]["name"])
@@ -135,10 +169,11 @@ def test_an_object_being_deleted_is_not_reconciled_again(monkeypatch: pytest.Mon
         running.start()
         try:
             running.child_changed(("ModelRunner", "lab", "doomed"))  # the GC deleting a child
-            await asyncio.sleep(0.3)
+            await eventually(listed_twice, "two resyncs", WAIT, POLL)
         finally:
             await running.stop()
         assert reconciled == []
         assert not running.bodies
+        assert not any(listings)  # nothing left to list either
 
     asyncio.run(scenario())

@@ -18,6 +18,7 @@ asserting the invariants) and ``bench/chaos.py`` (the full counts, printing figu
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import dataclasses
@@ -25,7 +26,7 @@ import json
 import random
 import time
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 import hypothesis
 import yaml
@@ -76,11 +77,17 @@ class Cluster:
 
     def create(self, body: Object) -> Object:
         if body["kind"] == "ConfigMap":
-            return dict(self.core.create_namespaced_config_map(self.namespace, body).to_dict())
+            # The client's validate_call turns the dict body into the V1ConfigMap it is typed as.
+            created = self.core.create_namespaced_config_map(self.namespace, body)  # type: ignore[arg-type]
+            return dict(created.to_dict())
         plural = PLURAL[body["kind"]]
+        # The custom-objects API is typed to return object: it returns the resource's JSON.
         return dict(
-            self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, plural, body
+            cast(
+                Object,
+                self.objects.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, plural, body
+                ),
             )
         )
 
@@ -95,20 +102,26 @@ class Cluster:
         )
 
     def list(self, kind: str) -> list[Object]:
-        found = self.objects.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL[kind]
+        found = cast(
+            Object,
+            self.objects.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL[kind]
+            ),
         )
         return list(found["items"])
 
-    def children(self) -> list[Object]:
+    # builtins.list: in the class body, ``list`` is the method above.
+    def children(self) -> builtins.list[Object]:
         """Every object the operator labelled as its own in the namespace."""
         found: list[Object] = []
-        for item in self.apps.list_namespaced_deployment(
+        for deployment in self.apps.list_namespaced_deployment(
             self.namespace, label_selector=MANAGED
         ).items:
-            found.append({**item.to_dict(), "kind": "Deployment"})
-        for item in self.core.list_namespaced_service(self.namespace, label_selector=MANAGED).items:
-            found.append({**item.to_dict(), "kind": "Service"})
+            found.append({**deployment.to_dict(), "kind": "Deployment"})
+        for service in self.core.list_namespaced_service(
+            self.namespace, label_selector=MANAGED
+        ).items:
+            found.append({**service.to_dict(), "kind": "Service"})
         return found
 
 

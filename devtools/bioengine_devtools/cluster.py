@@ -43,7 +43,7 @@ from bioengine_devtools import node as node_mod
 from bioengine_devtools import pki as pki_mod
 from bioengine_devtools import tools
 from bioengine_operator.local import netns, procs
-from bioengine_operator.local.procs import free_port
+from bioengine_operator.local.procs import free_port as free_port  # re-exported: callers use it
 
 KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from hypha_rpc import connect_to_server
@@ -333,6 +333,7 @@ class PodCounter:
 
     def __enter__(self) -> PodCounter:
         listed = self.core.list_namespaced_pod(NS, label_selector=SELECTOR)
+        assert listed.metadata is not None  # a list always carries its resourceVersion
         for pod in listed.items:
             self._seen("ADDED", self.core.api_client.sanitize_for_serialization(pod))
         self._thread = threading.Thread(
@@ -393,7 +394,8 @@ def rollout_under_load(
         config.new_client_from_config(config_file=str(stack.cluster.kubeconfig))
     )
     where = (GROUP, VERSION, NS, "modelrunners", RUNNER)
-    before = objects.get_namespaced_custom_object(*where)
+    # The custom-objects API is typed to return object: it returns the resource's JSON.
+    before = cast(dict[str, Any], objects.get_namespaced_custom_object(*where))
     result = Rollout(
         steady_pods=2 * before["spec"]["replicas"], old_revision=before["status"]["revision"]
     )
@@ -402,12 +404,12 @@ def rollout_under_load(
         def roll() -> None:
             began = time.monotonic()
             patch = {"spec": {"podAnnotations": annotations}}
-            generation = objects.patch_namespaced_custom_object(*where, patch)["metadata"][
-                "generation"
-            ]
+            patched = cast(dict[str, Any], objects.patch_namespaced_custom_object(*where, patch))
+            generation = patched["metadata"]["generation"]
 
             def rolled_out() -> bool:
-                status = objects.get_namespaced_custom_object(*where).get("status") or {}
+                runner = cast(dict[str, Any], objects.get_namespaced_custom_object(*where))
+                status = runner.get("status") or {}
                 revision = status.get("revision")
                 live = list(pods.pods.values())
                 done = (

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import secrets
@@ -332,7 +331,7 @@ class BridgeStack:
 
     def app_overrides(self, name: str) -> dict[str, Any]:
         """What a cluster admin would set for the apps here (the rest is each folder's own)."""
-        return {
+        overrides: dict[str, dict[str, Any]] = {
             APP: {
                 "authorizedUsers": ["alice"],
                 "methods": {"stats": {"authorizedUsers": ["carol"]}},
@@ -347,7 +346,8 @@ class BridgeStack:
                 "datasets": [DATASET],
                 "classes": {"TileStatistics": {"initKwargs": {"dataset": DATASET}}},
             },
-        }[name]
+        }
+        return overrides[name]
 
     def apply_app(self, folder: Path, overrides: dict[str, Any]) -> str:
         """Render ``folder`` as ``bioengine render`` does, apply it, and write out the code
@@ -412,14 +412,9 @@ class BridgeStack:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             found = yaml.safe_load(body["spec"]["serveConfigV2"])["applications"]
-            if name not in self.applied:
-                # Named after its content: changed code is a new working_dir, redeployed.
-                content = appfolder.zip_of(self.mounted_code(name), top="app")
-                digest = hashlib.sha256(content).hexdigest()[:12]
-                zipped = self.workdir / "zips" / f"{name}-{digest}.zip"
-                zipped.parent.mkdir(exist_ok=True)
-                zipped.write_bytes(content)
-                found = [{**a, "runtime_env": {"working_dir": f"file://{zipped}"}} for a in found]
+            if name not in self.applied:  # as bioengine up deploys an app
+                code = self.mounted_code(name)
+                found = [servers.with_code(a, code, self.workdir / "zips") for a in found]
             applications += found
             self.deployed[name] = _cluster_spec(body)
         self.ray.deploy({"applications": applications})
@@ -471,6 +466,7 @@ class BridgeStack:
     def start_bridge(
         self, extra_args: tuple[str, ...] = (), extra_endpoints: dict[str, Any] | None = None
     ) -> None:
+        assert self.hypha is not None
         token_file = self.workdir / "bridge.token"
         token_file.write_text(self.hypha.token(BRIDGE_USER, "bridge@example.org"))
         token_file.chmod(0o600)

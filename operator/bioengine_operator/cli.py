@@ -10,8 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bioengine_operator import handlers, kopf_runner, logs, metrics
-from bioengine_operator.controllers import kube
+from bioengine_operator import handlers, kopf_runner, kube, observability
 from bioengine_operator.controllers.outcome import Settings
 from bioengine_operator.dataserver import tokens
 
@@ -38,7 +37,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("BIOENGINE_LIVENESS"),
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
-    add_observability(parser)
+    observability.add_flags(parser)
     parser.add_argument(
         "--image",
         default=env("BIOENGINE_OPERATOR_IMAGE", Settings.image),
@@ -94,29 +93,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_observability(parser: argparse.ArgumentParser) -> None:
-    """Log and metrics flags, shared by the operator and the bridge."""
-    env = os.environ.get
-    parser.add_argument(
-        "--log-format", choices=logs.FORMATS, default=env("BIOENGINE_LOG_FORMAT", "text")
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--metrics-address",
-        default=env("BIOENGINE_METRICS_ADDRESS"),
-        help="serve Prometheus metrics at http://<address>/metrics, e.g. 0.0.0.0:9090",
-    )
-
-
-def start_observability(args: argparse.Namespace) -> None:
-    logs.configure(args.log_format, args.verbose)
-    if args.metrics_address:
-        metrics.serve(args.metrics_address)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    start_observability(args)
+    observability.start(args)
     public_key = args.token_public_key_file.read_text() if args.token_public_key_file else None
     if public_key is not None:
         try:  # refuse a wrong key at start, not at the first dataset read

@@ -2,7 +2,7 @@
 
 kopf watches our three kinds and the children the operator labelled as its own (Deployments,
 Services, PDBs, ConfigMaps, RayServices), keeps the children in
-:data:`~bioengine_operator.controllers.kube.CACHE` for the reconcilers to read, and hands
+:data:`~bioengine_operator.kube.CACHE` for the reconcilers to read, and hands
 each event to :class:`~bioengine_operator.controllers.loop.Loop`, which decides what to
 reconcile when.
 Only event handlers are registered: kopf then needs no finalizer (it removes the one older
@@ -17,11 +17,11 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from bioengine_operator import kopf_runner
+from bioengine_operator import kopf_runner, kube
 from bioengine_operator.api.base import API_VERSION, GROUP, VERSION
 from bioengine_operator.api.crds import APP, DATASET, KINDS, MODEL_RUNNER
 from bioengine_operator.builders.meta import MANAGED_BY, MANAGED_BY_LABEL
-from bioengine_operator.controllers import app, dataset, kube, loop, modelrunner, outcome
+from bioengine_operator.controllers import app, dataset, loop, modelrunner, outcome
 
 logger = logging.getLogger(__name__)
 

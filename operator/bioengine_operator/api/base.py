@@ -277,13 +277,3 @@ class Condition(Model):
     observed_generation: int | None = Field(
         None, description="The .metadata.generation the condition was computed from."
     )
-
-
-def default_service_id(body: dict[str, Any]) -> str:
-    """The Hypha service id of a resource: ``spec.service.id``, else an app's manifest id,
-    else the resource's name."""
-    spec = body.get("spec") or {}
-    chosen = (spec.get("service") or {}).get("id")
-    if not chosen and body.get("kind") == "BioEngineApp":
-        chosen = spec.get("id")
-    return str(chosen or body["metadata"]["name"])

@@ -3,7 +3,9 @@
 Configuration comes from flags or the environment (the chart sets the environment); the
 Hypha token comes only from ``HYPHA_TOKEN`` (a Secret in the chart) or ``--token-file``,
 and is never logged. The dataset token signing key is a file (a Secret the chart mounts):
-the bridge reads no Secret through the Kubernetes API, and writes nothing to the cluster.
+the bridge reads no Secret through the Kubernetes API. It writes to the cluster only through
+its worker service (``--worker-namespace``): uploads as ConfigMaps and deploys as
+BioEngineApps, in that one namespace; the rest of the bridge only watches.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from bioengine_operator import cli, kopf_runner
+from bioengine_operator import kopf_runner, observability
 from bioengine_operator.api.base import DNS_LABEL as DNS_LABEL_PATTERN
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
@@ -112,7 +114,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest answer of a dataset's read_file (stream_file has no limit)",
     )
     parser.add_argument("--liveness", default=env("BIOENGINE_LIVENESS"))
-    cli.add_observability(parser)
+    observability.add_flags(parser)
     args = parser.parse_args(argv)
     if not args.server_url or not args.workspace:
         parser.error(
@@ -176,7 +178,7 @@ def install(args: argparse.Namespace) -> None:
     @kopf.on.startup()
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         kopf_runner.configure_watching(settings)
-        settings.posting.enabled = False  # read-only: the bridge writes nothing to the cluster
+        settings.posting.enabled = False  # no Events: the operator reports on its resources
         # Nor does it remove kopf's default finalizer (left by old operator versions): that
         # is the operator's; with a name of its own the bridge leaves it alone.
         settings.persistence.finalizer = f"{GROUP}/bridge"
@@ -208,7 +210,7 @@ def install(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    cli.start_observability(args)
+    observability.start(args)
     install(args)
     kopf_runner.run(args.namespace, args.liveness)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bioengine_operator.api.base import default_service_id
+from bioengine_operator.api.status import dataset_id, served_in, service_id, serviceable
 from bioengine_operator.bridge.endpoints import Endpoints
 
 KINDS = ("BioEngineApp", "ModelRunner", "BioEngineDataset")
@@ -41,17 +41,6 @@ class Desired:
         return (self.kind, self.namespace, self.name)
 
 
-def serviceable(body: dict[str, Any]) -> bool:
-    status = body.get("status") or {}
-    kind = body["kind"]
-    if kind == "BioEngineApp":  # Degraded: an unhealthy replica, or a failed upgrade
-        return status.get("phase") in ("Ready", "Degraded")
-    if kind == "ModelRunner":
-        ready = sum(int((status.get(c) or {}).get("readyReplicas", 0)) for c in ("blue", "green"))
-        return ready > 0
-    return int(status.get("readyReplicas", 0)) > 0
-
-
 def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desired | None:
     """The service ``body`` should have, or None (not ready, or meant for another workspace)."""
     if body.get("kind") not in KINDS or body["metadata"].get("deletionTimestamp"):
@@ -60,7 +49,7 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         return None
     spec = body.get("spec") or {}
     service = spec.get("service") or {}
-    if service.get("workspace") not in (None, workspace):
+    if served_in(body, workspace) != workspace:
         return None  # another bridge, connected to that workspace, serves it
     kind, meta = body["kind"], body["metadata"]
     method_users: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -69,7 +58,7 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         found: tuple[str | None, ...] = (endpoints.app(body),)
         users = spec.get("authorizedUsers", ["*"])
         description = spec.get("description") or ""
-        dataset_id = None
+        dataset = None
         method_users = tuple(
             (name, tuple(m.get("authorizedUsers") or []))
             for name, m in sorted((spec.get("methods") or {}).items())
@@ -79,25 +68,25 @@ def desired(body: dict[str, Any], endpoints: Endpoints, workspace: str) -> Desir
         found = endpoints.runner(body)
         users = []  # model runners are guarded by visibility alone
         description = f"Triton models: {', '.join(spec.get('models') or [])}"
-        dataset_id = None
+        dataset = None
     else:
         found = (endpoints.dataset(body),)
         manifest = spec.get("manifest") or {}
         users = manifest.get("authorizedUsers") or []
         description = manifest.get("description") or manifest.get("name") or ""
-        dataset_id = manifest.get("id") or meta["name"]
+        dataset = dataset_id(body)
     if not all(found):
         return None
     return Desired(
         kind=kind,
         namespace=meta["namespace"],
         name=meta["name"],
-        service_id=default_service_id(body),
+        service_id=service_id(body),
         visibility=service.get("visibility") or "protected",
         authorized_users=tuple(users),
         description=description,
         endpoints=tuple(str(e) for e in found),
-        dataset_id=dataset_id,
+        dataset_id=dataset,
         method_users=method_users,
         datasets=datasets,
     )

@@ -1,7 +1,8 @@
 """Where the backends of a resource are, seen from the bridge.
 
-In a cluster the answer comes from the resource's status and names (Services and their
-cluster DNS names). Under kwok, pods have no network, so tests run the real backends on
+In a cluster the answer comes from the resource's status, where the operator writes each
+backend's in-cluster address (so the bridge needs none of the operator's builders). Under
+kwok, pods have no network, so tests run the real backends on
 loopback and tell the bridge where they are with an endpoints file: the one seam between
 the bridge and the simulated pods. Its JSON maps ``<kind>/<namespace>/<name>`` to a URL
 (apps, datasets) or to ``{"blue": "host:port", "green": "host:port"}`` (model runners);
@@ -16,8 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bioengine_operator import bluegreen
-from bioengine_operator.builders import meta, rayservice, triton
+from bioengine_operator.api.status import COLORS
 
 
 class Endpoints:
@@ -45,13 +45,16 @@ class Endpoints:
         found = self._override("BioEngineDataset", meta_["namespace"], meta_["name"])
         return found or (body.get("status") or {}).get("endpoint")
 
-    def runner(self, body: dict[str, Any]) -> tuple[str, ...]:
-        owner = meta.Owner.from_body(body)
-        found = self._override("ModelRunner", owner.namespace, owner.name) or {}
-        return tuple(found.get(c) or triton.grpc_endpoint(owner, c) for c in bluegreen.COLORS)
+    def runner(self, body: dict[str, Any]) -> tuple[str | None, ...]:
+        """Each color's gRPC address, as the operator writes it into the status (None until
+        it has)."""
+        meta = body["metadata"]
+        found = self._override("ModelRunner", meta["namespace"], meta["name"]) or {}
+        status = body.get("status") or {}
+        return tuple(found.get(c) or (status.get(c) or {}).get("endpoint") for c in COLORS)
 
-    def dashboard(self, body: dict[str, Any]) -> str:
-        """The Ray dashboard of an app (Serve's replicas and their logs)."""
-        owner = meta.Owner.from_body(body)
-        found = self._override("RayDashboard", owner.namespace, owner.name)
-        return str(found or rayservice.dashboard_endpoint(owner))
+    def dashboard(self, body: dict[str, Any]) -> str | None:
+        """The Ray dashboard of an app (Serve's replicas and their logs), from its status."""
+        meta = body["metadata"]
+        found = self._override("RayDashboard", meta["namespace"], meta["name"])
+        return found or (body.get("status") or {}).get("dashboard")

@@ -26,14 +26,13 @@ from typing import Any
 import aiohttp
 import prometheus_client
 
-from bioengine_operator import metrics
+from bioengine_operator import kube, metrics
 from bioengine_operator.api.base import API_VERSION
 from bioengine_operator.bridge import access, services
 from bioengine_operator.bridge.backends import AppClient, DatasetClient, TritonPair
 from bioengine_operator.bridge.desired import Desired, desired
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.hypha import HyphaConnection
-from bioengine_operator.controllers import kube
 from bioengine_operator.dataserver import tokens
 
 logger = logging.getLogger(__name__)

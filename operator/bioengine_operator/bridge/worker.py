@@ -27,26 +27,16 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bioengine_operator import appfolder
+from bioengine_operator import appfolder, kube
 from bioengine_operator.api.base import API_VERSION
+from bioengine_operator.api.status import SERVE_STATUS_OF_PHASE
 from bioengine_operator.bridge import access, uploads
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.uploads import WorkerError
-from bioengine_operator.controllers import kube
 
 logger = logging.getLogger(__name__)
 SERVICE_TYPE = "bioengine-worker"
 DASHBOARD_TIMEOUT = 10.0
-# Serve's application states, from the BioEngineApp's phase.
-STATUS_OF_PHASE = {
-    "Ready": "RUNNING",
-    "Degraded": "UNHEALTHY",
-    "Pending": "DEPLOYING",
-    "Deploying": "DEPLOYING",
-    "Updating": "DEPLOYING",
-    "Stuck": "DEPLOY_FAILED",
-    "Failed": "DEPLOY_FAILED",
-}
 LABELS = {uploads.MANAGED_BY: uploads.WORKER}
 
 
@@ -57,7 +47,8 @@ def service_id(cluster_name: str) -> str:
 
 def serve_status(body: dict[str, Any]) -> str:
     """Serve's name for the state of a BioEngineApp (``DEPLOYING`` before it has a phase)."""
-    return STATUS_OF_PHASE.get((body.get("status") or {}).get("phase") or "Pending", "DEPLOYING")
+    phase = (body.get("status") or {}).get("phase") or "Pending"
+    return SERVE_STATUS_OF_PHASE.get(phase, "DEPLOYING")
 
 
 def _now() -> str:
@@ -366,6 +357,8 @@ class Worker:
         if (body.get("status") or {}).get("phase") in (None, "Pending"):
             return {}
         base = self.endpoints.dashboard(body)
+        if base is None:
+            raise ValueError("the app's status names no Ray dashboard yet")
         async with await self._dashboard(f"{base}/api/serve/applications/") as answer:
             found = (await answer.json()).get("applications") or {}
         serve_app = found.get(body["metadata"]["name"]) or {}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
+from bioengine_operator.api.status import dataset_id_of
 from bioengine_operator.builders import meta
 
 COMPONENT = "dataset-server"
@@ -46,7 +47,7 @@ def server_name(owner: meta.Owner) -> str:
 
 def manifest_document(owner: meta.Owner, spec: BioEngineDatasetSpec) -> dict[str, Any]:
     document = spec.manifest.dump()
-    document.setdefault("id", owner.name)
+    document["id"] = dataset_id_of(document.get("id"), owner.name)
     return document
 
 

@@ -16,16 +16,17 @@ complaint, and otherwise it just sits there silently.
 from __future__ import annotations
 
 import datetime
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
+from bioengine_operator import kube
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
+from bioengine_operator.api.serve import serve_conditions
+from bioengine_operator.api.status import failed_app_phase
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.builders import meta, rayservice
-from bioengine_operator.controllers import kube
 from bioengine_operator.controllers.outcome import (
     Context,
     Outcome,
@@ -34,11 +35,6 @@ from bioengine_operator.controllers.outcome import (
 )
 
 DATASET_API = ("bioengine.bioimage.io/v1alpha1", "BioEngineDataset")
-# The runtime's own failures, as they end the traceback Serve reports.
-APP_ERROR = re.compile(r"(?:SmokeTestFailed|HealthCheckFailed|BioEngineUserError|\w+Error): .*")
-# pip's last error line, as Ray's runtime_env agent quotes pip's output when an install fails.
-PIP_ERROR = re.compile(r"^\s*ERROR: (.*)$", re.MULTILINE)
-MESSAGE_LIMIT = 600
 # A dataset or code ConfigMap applied with the app may come a moment later: look again soon
 # rather than at the next resync.
 MISSING_RETRY_SECONDS = 5.0
@@ -87,66 +83,6 @@ def code_hash(owner: meta.Owner, spec: BioEngineAppSpec) -> tuple[str, str | Non
         return "", None
     # One ConfigMap hashes as before zip sources existed: an upgrade rolls no Ray cluster.
     return meta.digest(contents[0] if spec.source.config_map is not None else contents), None
-
-
-def _app_error(message: str) -> str:
-    """The line of a Serve failure message that says what the app did wrong: pip's own
-    error when an app's ``pip=`` requirements could not be installed (Ray wraps it in a
-    traceback of its runtime_env agent), else the app's exception."""
-    pip = PIP_ERROR.findall(message)
-    if pip:
-        return f"pip could not install the app's requirements: {pip[-1].strip()}"[:MESSAGE_LIMIT]
-    found = APP_ERROR.findall(message)
-    text = found[-1] if found else message.strip().splitlines()[0] if message.strip() else ""
-    return text[:MESSAGE_LIMIT]
-
-
-Condition = tuple[bool | str, str, str]
-NO_UPGRADE: Condition = ("Unknown", "NoUpgrade", "no upgrade in progress")
-
-
-def serve_conditions(
-    ray_service: dict[str, Any] | None, app_name: str
-) -> tuple[Condition, Condition]:
-    """``ServeApplicationHealthy`` and ``ServeUpgradeHealthy`` from the Serve statuses KubeRay
-    copied into the RayService: the cluster that serves (the pending one until a first one
-    is up), and the pending cluster of an upgrade, if any."""
-    status = (ray_service or {}).get("status") or {}
-    pending_side = status.get("pendingServiceStatus") or {}
-    pending = _app(pending_side, app_name) if pending_side.get("rayClusterName") else None
-    active = _app(status.get("activeServiceStatus") or {}, app_name)
-    if active is None:
-        return serve_condition(pending), NO_UPGRADE
-    return serve_condition(active), NO_UPGRADE if pending is None else serve_condition(pending)
-
-
-def _app(side: dict[str, Any], app_name: str) -> dict[str, Any] | None:
-    found = (side.get("applicationStatuses") or {}).get(app_name)
-    return dict(found) if found else None
-
-
-def serve_condition(app: dict[str, Any] | None) -> Condition:
-    """Healthy (True), failed (False, quoting the app's error), or on its way (Unknown)."""
-    if not app:
-        return "Unknown", "NotDeployed", "Ray Serve reported no status for the app yet"
-    state = app.get("status", "")
-    if state == "RUNNING":
-        return True, "Running", "every deployment is healthy"
-    if state not in ("DEPLOY_FAILED", "UNHEALTHY"):
-        return "Unknown", state.title().replace("_", "") or "Deploying", app.get("message", "")
-    failing = [
-        (name, d.get("message", ""))
-        for name, d in sorted((app.get("serveDeploymentStatuses") or {}).items())
-        if d.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")
-    ] or [("", app.get("message", ""))]
-    name, text = failing[0]
-    if "SmokeTestFailed" in text:
-        reason = "SmokeTestFailed"
-    elif state == "UNHEALTHY":
-        reason = "HealthCheckFailed"
-    else:
-        reason = "DeployFailed"
-    return False, reason, f"{name}: {_app_error(text)}" if name else _app_error(text)
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -237,7 +173,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
     elif ready:
         phase, reason, message = "Ready", "RayServiceReady", "the Ray Serve app is running"
     elif serving is False:
-        phase = "Failed" if serve_reason in ("SmokeTestFailed", "DeployFailed") else "Degraded"
+        phase = failed_app_phase(serve_reason)
         reason, message = serve_reason, serve_message
     elif stuck:
         phase, reason = "Stuck", "InitializingTimeout"
@@ -276,6 +212,7 @@ def reconcile(body: dict[str, Any], ctx: Context, spec: BioEngineAppSpec) -> Out
         {
             "rayServiceName": owner.name,
             "endpoint": rayservice.serve_endpoint(owner),
+            "dashboard": rayservice.dashboard_endpoint(owner),
             "deployingSince": since,
         }
     )

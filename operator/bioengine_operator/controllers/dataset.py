@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bioengine_operator import kube
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
 from bioengine_operator.builders import dataset as builder
 from bioengine_operator.builders import meta
-from bioengine_operator.controllers import kube, pods
+from bioengine_operator.controllers import pods
 from bioengine_operator.controllers.outcome import (
     Context,
     Outcome,

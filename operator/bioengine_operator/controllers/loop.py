@@ -32,9 +32,9 @@ from typing import Any
 
 import prometheus_client
 
-from bioengine_operator import logs, metrics
+from bioengine_operator import kube, logs, metrics
 from bioengine_operator.api.base import API_VERSION
-from bioengine_operator.controllers import kube, outcome
+from bioengine_operator.controllers import outcome
 from bioengine_operator.controllers.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from bioengine_operator import bluegreen
+from bioengine_operator import bluegreen, kube
 from bioengine_operator.api.modelrunner import ModelRunnerSpec
+from bioengine_operator.api.status import ColorStatus
 from bioengine_operator.builders import meta, triton
-from bioengine_operator.controllers import kube, pods
+from bioengine_operator.controllers import pods
 from bioengine_operator.controllers.outcome import Context, Outcome, common_status, with_spec
 
 Object = dict[str, Any]
@@ -162,11 +163,12 @@ def reconcile(body: Object, ctx: Context, spec: ModelRunnerSpec) -> Outcome:
         ),
     )
     colors: dict[str, Any] = {
-        color: {
-            "revision": now.observed[color].revision,
-            "replicas": (live[color] or {}).get("spec", {}).get("replicas", 0),
-            "readyReplicas": now.observed[color].ready,
-        }
+        color: ColorStatus(
+            revision=now.observed[color].revision,
+            replicas=(live[color] or {}).get("spec", {}).get("replicas", 0),
+            ready_replicas=now.observed[color].ready,
+            endpoint=triton.grpc_endpoint(owner, color),
+        ).model_dump(by_alias=True, mode="json")  # None included: a merge patch clears it
         for color in bluegreen.COLORS
     }
     outcome.status.update(

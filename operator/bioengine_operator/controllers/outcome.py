@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from bioengine_operator import conditions, logs
+from bioengine_operator import conditions, kube, logs
 from bioengine_operator.api.app import DEFAULT_RAY_IMAGE
-from bioengine_operator.api.base import default_service_id
 from bioengine_operator.api.modelrunner import DEFAULT_TRITON_IMAGE
-from bioengine_operator.controllers import kube
+from bioengine_operator.api.status import qualified_service_id
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +92,7 @@ def forget(uid: str) -> None:
 
 
 def service_id(body: dict[str, Any], settings: Settings) -> str:
-    service = body.get("spec", {}).get("service") or {}
-    workspace = service.get("workspace") or settings.hypha_workspace
-    sid = default_service_id(body)
-    return f"{workspace}/{sid}" if workspace else sid
+    return qualified_service_id(body, settings.hypha_workspace or None)
 
 
 def common_status(

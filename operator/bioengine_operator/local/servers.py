@@ -10,6 +10,7 @@ and is reached through a relay.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from bioengine_operator import appfolder
 from bioengine_operator.local import netns, procs
 from bioengine_operator.local.envs import venv
 from bioengine_operator.local.procs import free_port
@@ -232,6 +234,17 @@ class TritonServer(ManagedServer):
             proc=self.proc,
             log=log,
         )
+
+
+def with_code(application: dict[str, Any], files: dict[str, bytes], folder: Path) -> dict[str, Any]:
+    """A Serve application (as the operator writes it into ``serveConfigV2``) running
+    ``files`` as its ``working_dir``: a zip under ``folder`` named after its content, so
+    changed code is a new working_dir, which Serve redeploys (and unchanged code is not)."""
+    content = appfolder.zip_of(files, top="app")  # one top folder: Ray strips it
+    zipped = folder / f"{application['name']}-{hashlib.sha256(content).hexdigest()[:12]}.zip"
+    zipped.parent.mkdir(parents=True, exist_ok=True)
+    zipped.write_bytes(content)
+    return {**application, "runtime_env": {"working_dir": f"file://{zipped}"}}
 
 
 def kuberay_status(app: dict[str, Any]) -> dict[str, Any]:

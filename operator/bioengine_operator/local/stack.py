@@ -23,6 +23,7 @@ changed, and only what changed is restarted or redeployed.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -36,15 +37,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bioengine_operator import appfolder
 from bioengine_operator.api.app import BioEngineAppSpec
-from bioengine_operator.api.base import default_service_id
+from bioengine_operator.api.base import Condition
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
+from bioengine_operator.api.serve import serve_condition
+from bioengine_operator.api.status import (
+    AppStatus,
+    ColorStatus,
+    CommonStatus,
+    DatasetStatus,
+    ModelRunnerStatus,
+    Phase,
+    failed_app_phase,
+    qualified_service_id,
+    served_in,
+    service_id,
+)
 from bioengine_operator.bridge import hypha
 from bioengine_operator.bridge.worker import Worker
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.builders import meta, rayservice, triton
-from bioengine_operator.controllers.app import serve_condition
 from bioengine_operator.dataserver import tokens
 from bioengine_operator.local import envs, procs, servers
 from bioengine_operator.local.bridge import LocalBridge
@@ -53,6 +65,14 @@ from bioengine_operator.local.worker import LocalObjects
 
 BRIDGE_USER = "bioengine-bridge"
 BRIDGE_CLIENT = "bioengine-local-bridge"
+# The phase the operator would give what runs here: Starting is Deploying; a runner that
+# cannot run (Unavailable) is Failed.
+PHASE_OF_STATE: dict[str, Phase] = {
+    "Starting": "Deploying",
+    "Ready": "Ready",
+    "Degraded": "Degraded",
+    "Failed": "Failed",
+}
 # The ports of a runner's and a dataset server's Service, which apps in Ray's namespace reach
 # them at, as in the cluster.
 SERVICE_PORTS = {"ModelRunner": triton.GRPC_PORT, "BioEngineDataset": dataset_builder.PORT}
@@ -78,10 +98,50 @@ class Running:
     digest: str
     state: str = "Starting"  # Starting, Ready, Degraded, Failed, Unavailable
     message: str = ""
+    since: str = dataclasses.field(default_factory=lambda: _now())  # of the last state change
     endpoint: Any = None  # for the bridge: a URL, or blue/green gRPC targets
     processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
     log: Path | None = None
     application: dict[str, Any] | None = None  # an app's Serve application, once built
+
+    def set(self, state: str, message: str = "") -> None:
+        """A new state (and why); the time of the change is the Ready condition's."""
+        if state != self.state:
+            self.since = _now()
+        self.state, self.message = state, message
+
+    def body(self) -> dict[str, Any]:
+        """The resource as the bridge and the worker service read it: with a uid, as the API
+        server gives every object one, and the status the operator would write."""
+        meta_ = {**self.resource.body["metadata"], "uid": self.uid}
+        return {**self.resource.body, "metadata": meta_, "status": self.status()}
+
+    def status(self) -> dict[str, Any]:
+        """The status the operator would write for the resource, made with the same models
+        (what the bridge and the worker service read)."""
+        ready = self.state == "Ready"
+        phase = PHASE_OF_STATE.get(self.state, "Failed")
+        condition = Condition(
+            type="Ready",
+            status="True" if ready else "False",
+            reason=self.state,
+            message=self.message,
+            last_transition_time=self.since,
+        )
+        kind = self.resource.kind
+        status: CommonStatus
+        if kind == "BioEngineApp":
+            status = AppStatus(phase=phase, conditions=[condition])
+        elif kind == "ModelRunner":
+            status = ModelRunnerStatus(
+                phase=phase,
+                conditions=[condition],
+                revision=self.digest,
+                blue=ColorStatus(ready_replicas=int(ready)),
+            )
+        else:
+            status = DatasetStatus(phase=phase, conditions=[condition], ready_replicas=int(ready))
+        return status.dump()
 
     @property
     def uid(self) -> str:
@@ -232,7 +292,7 @@ class LocalStack:
                     changed_apps = True
             except Exception as err:  # one resource failing never stops the others
                 running.stop()
-                running.state, running.message = "Failed", f"{type(err).__name__}: {err}"
+                running.set("Failed", f"{type(err).__name__}: {err}")
                 running.digest = ""  # so that the next `up` tries again
             self._publish(running)
         if changed_apps:
@@ -267,21 +327,7 @@ class LocalStack:
         """Tell the bridge the resource's state, as its status would in the cluster."""
         if self.bridge is None:
             return
-        resource = running.resource
-        ready = running.state == "Ready"
-        status: dict[str, Any] = {"revision": running.digest}
-        if resource.kind == "BioEngineApp":
-            status["phase"] = running.state
-        elif resource.kind == "ModelRunner":
-            status["blue"] = {"readyReplicas": int(ready)}
-        else:
-            status["readyReplicas"] = int(ready)
-        body = {
-            **resource.body,
-            "metadata": {**resource.body["metadata"], "uid": running.uid},
-            "status": status,
-        }
-        self.bridge.observe(body, running.endpoint)
+        self.bridge.observe(running.body(), running.endpoint)
 
     def _wait(self, timeout: float) -> None:
         """Until every resource serves or has failed, and what serves is registered."""
@@ -308,8 +354,7 @@ class LocalStack:
 
     def _served_here(self, running: Running) -> bool:
         """Whether the bridge registers the resource (not when it names another workspace)."""
-        wanted = (running.resource.spec.get("service") or {}).get("workspace")
-        return wanted in (None, self.workspace)
+        return served_in(running.resource.body, self.workspace) == self.workspace
 
     # -- datasets -------------------------------------------------------------------------
 
@@ -349,10 +394,10 @@ class LocalStack:
                 lambda: servers.answers(url), running.resource.name, 60, proc=proc, log=running.log
             )
         except (RuntimeError, TimeoutError) as err:
-            running.state, running.message = "Failed", str(err).splitlines()[0]
+            running.set("Failed", str(err).splitlines()[0])
             running.stop()
             return
-        running.state, running.message = "Ready", ""
+        running.set("Ready")
 
     # -- model runners --------------------------------------------------------------------
 
@@ -362,8 +407,7 @@ class LocalStack:
         try:
             envs.ensure("triton", log=self.progress)
         except RuntimeError as err:
-            running.state = "Unavailable"
-            running.message = f"no tritonserver on this machine (nvidia-pytriton): {err}"
+            running.set("Unavailable", f"no tritonserver on this machine (nvidia-pytriton): {err}")
             return
         models = list(resource.spec.get("models") or [])
         if resource.folder is not None:
@@ -379,7 +423,7 @@ class LocalStack:
         try:
             server.start()
         except (RuntimeError, TimeoutError) as err:
-            running.state, running.message = "Failed", str(err).splitlines()[0]
+            running.set("Failed", str(err).splitlines()[0])
             server.stop()
             return
         except BaseException:  # stopped meanwhile (Ctrl-C, down)
@@ -388,7 +432,7 @@ class LocalStack:
         assert server.proc is not None
         running.processes.append(server.proc)
         running.endpoint = {"blue": server.grpc, "green": server.grpc}
-        running.state = "Ready"
+        running.set("Ready")
         if self.ray is not None:
             self._expose(running)
 
@@ -470,12 +514,7 @@ class LocalStack:
             **{k: v.encode() for k, v in rayservice.RUNTIME_FILES.items()},
             **resource.files,
         }
-        zipped = self.state / "apps" / f"{resource.name}-{running.digest}.zip"
-        zipped.parent.mkdir(exist_ok=True)
-        # One top folder: Ray strips it, whatever the app's own layout.
-        zipped.write_bytes(appfolder.zip_of(files, top="app"))
-        application["runtime_env"] = {"working_dir": f"file://{zipped}"}
-        return application
+        return servers.with_code(application, files, self.state / "apps")
 
     def _deploy_apps(self) -> None:
         apps = [r for r in self.running.values() if r.resource.kind == "BioEngineApp"]
@@ -484,11 +523,11 @@ class LocalStack:
         except (RuntimeError, TimeoutError) as err:
             # Ray is never run on every interface instead of in its namespace.
             for running in apps:
-                running.state = "Failed"
-                running.message = (
+                running.set(
+                    "Failed",
                     f"Ray did not start: {str(err).splitlines()[0]} (Ray runs in a "
                     "loopback-only network namespace: `unshare --net` as root, or with user "
-                    "namespaces)"
+                    "namespaces)",
                 )
                 self._publish(running)
             return
@@ -504,7 +543,7 @@ class LocalStack:
             ray.deploy({"applications": applications})
         except (RuntimeError, subprocess.SubprocessError) as err:
             for running in apps:
-                running.state, running.message = "Failed", f"serve deploy: {err}"
+                running.set("Failed", f"serve deploy: {err}")
                 running.digest = ""  # so that the next `up` tries again
                 self._publish(running)
             return
@@ -533,13 +572,13 @@ class LocalStack:
         if healthy is True:
             new = ("Ready", "")
         elif healthy is False:  # failed to deploy, or deployed and failing health checks
-            state = "Degraded" if app["status"] == "UNHEALTHY" else "Failed"
+            state = failed_app_phase(reason)
             new = (state, f"{reason}: {message}")
         else:
             new = ("Starting", message or reason)
         if new == (running.state, running.message):
             return
-        running.state, running.message = new
+        running.set(*new)
         if running.state == "Ready" and self.bridge is not None:
             # New code may bring new methods: register afresh rather than keep the old list.
             self.bridge.forget(running.resource.key)
@@ -554,22 +593,26 @@ class LocalStack:
         for key, running in sorted(self.running.items()):
             body = running.resource.body
             ids = registered.get(key, [])
-            service_id = default_service_id(body)
+            sid = service_id(body)
             page = ""
-            if f"{service_id}-ui" in [i.rsplit(":", 1)[-1] for i in ids]:
-                page = f"{self.server_url}/{self.workspace}/apps/{service_id}-ui/"
+            if f"{sid}-ui" in [i.rsplit(":", 1)[-1] for i in ids]:
+                page = f"{self.server_url}/{self.workspace}/apps/{sid}-ui/"
             rows.append(
                 {
                     "kind": running.resource.kind,
                     "name": running.resource.name,
                     "state": running.state,
-                    "service": f"{self.workspace}/{service_id}" if ids else "",
+                    "service": qualified_service_id(body, self.workspace) if ids else "",
                     "page": page,
                     "message": running.message,
                     "log": str(running.log or ""),
                 }
             )
         return rows
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _service_name(kind: str, namespace: str, name: str) -> str:

@@ -20,14 +20,6 @@ from bioengine_operator.local import resources
 if TYPE_CHECKING:
     from bioengine_operator.local.stack import LocalStack, Running
 
-# A BioEngineApp's phase from the state of its processes.
-PHASE_OF_STATE = {
-    "Ready": "Ready",
-    "Degraded": "Degraded",
-    "Failed": "Failed",
-    "Starting": "Deploying",
-}
-
 
 class LocalObjects:
     """The worker's objects on one machine (see :class:`bridge.worker.Objects`)."""
@@ -43,28 +35,20 @@ class LocalObjects:
         return dict(self.stack.running).get((kind, self.namespace, name))
 
     def _with_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the status its processes earn it, as the operator would write it."""
-        if body["kind"] not in ("BioEngineApp", "BioEngineDataset"):
-            return body
+        """``body`` with the uid and status of what runs for it (as the stack shows it to the
+        bridge); not running (yet): Pending."""
         running = self._running(body["kind"], body["metadata"]["name"])
         if running is None:
-            return {**body, "status": {"phase": "Pending"}}
-        # The uid the stack gives what it runs (as the API server gives every object one).
-        body = {**body, "metadata": {**body["metadata"], "uid": running.uid}}
-        ready = {
-            "type": "Ready",
-            "status": "True" if running.state == "Ready" else "False",
-            "message": running.message,
-        }
-        phase = PHASE_OF_STATE.get(running.state, running.state)
-        return {**body, "status": {"phase": phase, "conditions": [ready]}}
+            return body if body["kind"] == "ConfigMap" else {**body, "status": {"phase": "Pending"}}
+        meta = {**body["metadata"], "uid": running.uid}
+        return {**body, "metadata": meta, "status": running.status()}
 
     async def list(
         self, api_version: str, kind: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         if kind == "BioEngineDataset":  # what `bioengine up` runs: the worker makes none
             running = sorted(dict(self.stack.running).items())
-            return [self._with_status(r.resource.body) for (k, _, _), r in running if k == kind]
+            return [r.body() for (k, _, _), r in running if k == kind]
         return [
             self._with_status(body)
             for (found, _), body in sorted(self.kept.items())

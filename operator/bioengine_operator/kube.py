@@ -1,4 +1,5 @@
-"""The few Kubernetes API calls the reconcilers make, on the official client's ApiClient.
+"""The few Kubernetes API calls the operator (its reconcilers) and the bridge (its worker and
+resource list) make, on the official client's ApiClient.
 
 Children are written with server-side apply under one field manager: applying the same
 desired object twice is a no-op (the generation does not move), a field someone changed
