@@ -14,8 +14,8 @@ DEMO := .demo
 
 # What the real nodes need from Debian: the container runtime, CNI plugins, kube-proxy's
 # iptables and conntrack, and the image builders (debootstrap, buildah).
-NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack iproute2 \
-	debootstrap buildah
+APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack iproute2 \
+	debootstrap buildah chromium
 
 .PHONY: venv tools node-deps images backends crds lint test cluster-up cluster-down demo \
 	demo-cluster clean lock chart-lint
@@ -34,9 +34,10 @@ define backend
 endef
 $(foreach b,$(BACKENDS),$(eval $(call backend,$(b))))
 
-## node-deps: install NODE_PACKAGES with apt-get where missing (root; Debian or Ubuntu)
+## node-deps: install APT_PACKAGES (the real nodes' and the browser tests' Debian packages) with
+## apt-get where missing (root; Debian or Ubuntu)
 node-deps:
-	@missing=$$(for p in $(NODE_PACKAGES); do \
+	@missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
@@ -93,7 +94,8 @@ demo: venv
 		--volume cell-images=$(DEMO)/cell-images \
 		examples apps/nucleus-segmentation apps/probability-segmentation && \
 	eval "$$($(BIOENGINE) env --state-dir $(DEMO)/state --user alice@example.org)" && \
-	echo && echo '$$ python examples/client.py' && $(PY) examples/client.py
+	echo && echo '$$ python examples/client.py --picture $(DEMO)/segmentation.png' && \
+	$(PY) examples/client.py --picture $(DEMO)/segmentation.png
 
 ## demo-cluster: the same YAML on a local control plane (kwok pods) with the operator running
 demo-cluster: tools

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
 from bioengine_devtools import cluster as devcluster
-from bioengine_devtools import operator_process
+from bioengine_devtools import operator_process, tools
 from bioengine_operator.local import procs
 
 # Log tails to attach to a failing test's report, registered by the fixtures that own them.
@@ -30,6 +31,15 @@ def register_logs(source: Callable[[], str]) -> Iterator[None]:
         yield
     finally:
         _LOG_SOURCES.remove(source)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests keep what a person looks at afterwards (screenshots): ``test-artifacts/``
+    at the repository's root, kept between runs (git ignores it)."""
+    folder = tools.REPO_ROOT / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

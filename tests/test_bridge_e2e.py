@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import http.server
+import json
 import socket
 import sys
 import threading
@@ -38,7 +41,7 @@ from helpers import (
 )
 from hypha_rpc import connect_to_server
 
-from bioengine_devtools import chaos
+from bioengine_devtools import browser, chaos
 from bioengine_devtools.stack import (
     APP,
     APPS_DIR,
@@ -52,6 +55,7 @@ from bioengine_devtools.stack import (
     eventually,
     simulate_rayservice_status,
 )
+from bioengine_operator.bridge import signin
 from bioengine_operator.runtime import codec
 
 
@@ -347,6 +351,75 @@ def test_a_failing_smoke_test_and_health_check_surface_as_conditions_and_events(
         wait_for_warning(stack.cluster, NS, name, "HealthCheckFailed")
         flag.unlink()
         stack.wait_app(name, "Ready")
+
+
+# -- in a browser --------------------------------------------------------------------------
+
+
+def test_a_person_opens_an_apps_page_from_a_sign_in_link_and_calls_the_app(
+    stack: BridgeStack, artifacts: Path
+) -> None:
+    """Headless Chromium: the page alone is refused (a navigation sends no header); the
+    sign-in link (token in the fragment) leads to it signed in, with no token left in the
+    address bar; the page's button calls the app through Hypha with the Hypha client the
+    server itself serves, and shows the answer as text and as a picture."""
+    token = stack.hypha.token("alice", "alice@example.org", WORKSPACE, "read")
+    page_path = f"/{WORKSPACE}/apps/{TILES}-ui/"
+    with browser.chromium() as chromium:
+        page = chromium.new_page()
+        refused = page.goto(f"{stack.hypha.url}{page_path}")
+        assert refused is not None and refused.status == 403
+        started = time.monotonic()
+        page.goto(signin.link(stack.hypha.url, WORKSPACE, token, page_path))
+        page.wait_for_url(f"{stack.hypha.url}{page_path}")
+        assert token not in page.url
+        assert page.title() == "Zarr Tile Statistics"
+        page.click("#compute")
+        page.wait_for_function(
+            "!['', 'computing...'].includes(document.getElementById('status').textContent)",
+            timeout=60_000,
+        )
+        first_answer = time.monotonic() - started
+        assert page.text_content("#status") == "array 256 x 256, 16 tiles"
+        assert page.eval_on_selector("#means", "c => [c.width, c.height]") == [4, 4]
+        page.screenshot(path=artifacts / "zarr-tile-stats-page.png", full_page=True)
+    (artifacts / "zarr-tile-stats-page.txt").write_text(
+        f"sign-in link opened to first answer on the page: {first_answer:.2f} s\n"
+    )
+
+
+def test_a_page_on_another_origin_reads_a_dataset_file_with_a_range_request(
+    stack: BridgeStack, tmp_path: Path
+) -> None:
+    """A page served from another origin fetches a byte range of a dataset file through
+    Hypha with the user's token: the CORS preflight and the 206 answer let its script read
+    the bytes and the Content-Range."""
+    token = stack.hypha.token("alice", "alice@example.org", WORKSPACE, "read")
+    url = f"{stack.hypha.url}/{WORKSPACE}/apps/{DATASET}-files/files/README.txt"
+    (tmp_path / "index.html").write_text(
+        "<!doctype html><title>waiting</title><script>"
+        f"fetch({json.dumps(url)}, {{headers: {{Authorization: 'Bearer {token}', "
+        "Range: 'bytes=0-3'}})"
+        ".then(async (r) => { document.body.dataset.text = await r.text();"
+        " document.title = `${r.status} ${r.headers.get('Content-Range')}`; })"
+        ".catch((e) => { document.title = `failed: ${e}`; });</script>"
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other_origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=other_origin.serve_forever, daemon=True)
+    serving.start()
+    try:
+        with browser.chromium() as chromium:
+            page = chromium.new_page()
+            page.goto(f"http://127.0.0.1:{other_origin.server_address[1]}/index.html")
+            page.wait_for_function("document.title !== 'waiting'", timeout=30_000)
+            readme = (stack.workdir / "dataset" / "README.txt").read_bytes()
+            assert page.title() == f"206 bytes 0-3/{len(readme)}"
+            assert page.eval_on_selector("body", "b => b.dataset.text") == readme[:4].decode()
+    finally:
+        other_origin.shutdown()
+        other_origin.server_close()
+        serving.join(timeout=10)
 
 
 def test_model_runner_infer_and_metadata(stack: BridgeStack) -> None:

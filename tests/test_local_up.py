@@ -16,8 +16,10 @@ import os
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +31,7 @@ import yaml
 from helpers import absent_from_ray, wait_for
 from hypha_rpc import connect_to_server
 
-from bioengine_devtools import tools
+from bioengine_devtools import browser, tools
 from bioengine_devtools.stack import eventually
 from bioengine_operator import appfolder
 from bioengine_operator.local import procs, servers, supervisor
@@ -292,7 +294,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Path
         assert stopped(pids) == []
 
 
-def test_the_example_client_gets_correct_answers_from_every_service(stack: Path) -> None:
+def test_the_example_client_gets_correct_answers_from_every_service(
+    stack: Path, artifacts: Path
+) -> None:
     """What ``make demo`` prints, checked: the nuclei match the pipeline run in-process, the
     runner's output is the model's formula, the tiles are the array's statistics."""
     env = user_env(stack, "alice@example.org")
@@ -325,6 +329,32 @@ def test_the_example_client_gets_correct_answers_from_every_service(stack: Path)
     }
     printed = client.report(found)
     assert f"{len(sample_data.CENTERS)} nuclei in the 512x512 sample" in printed
+    # The picture `make demo` writes: the image beside its labels, as a PNG a person opens.
+    written = client.png(client.picture(image, found["nucleus-segmentation"]["labels"]))
+    (artifacts / "demo-segmentation.png").write_bytes(written)
+    rgb = _decoded_png(written)
+    assert rgb.shape == (512, 1024, 3)
+    grey, coloured = rgb[:, :512], rgb[:, 512:]
+    assert (grey[..., 0] == grey[..., 2]).all() and grey.min() == 0 and grey.max() == 255
+    assert np.corrcoef(grey[..., 0].ravel(), image.ravel())[0, 1] > 0.99
+    assert ((coloured.max(axis=2) > 0) == (labels > 0)).all()  # colour exactly on nuclei
+
+
+def _decoded_png(data: bytes) -> np.ndarray:
+    """An 8-bit RGB PNG with filter 0 rows (what the client writes) as an array."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, offset = {}, 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        chunks[kind] = chunks.get(kind, b"") + data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
+    rows = zlib.decompress(chunks[b"IDAT"])
+    stride = 1 + 3 * width
+    assert all(rows[y * stride] == 0 for y in range(height))
+    pixels = [rows[y * stride + 1 : (y + 1) * stride] for y in range(height)]
+    return np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(height, width, 3)
 
 
 def test_status_shows_services_and_pages_and_logs_show_each_backend(stack: Path) -> None:
@@ -340,6 +370,32 @@ def test_status_shows_services_and_pages_and_logs_show_each_backend(stack: Path)
     app_log = bioengine("logs", "nucleus-segmentation", state=stack)
     assert "nucleus segmentation smoke test passed" in app_log.stdout, app_log.stderr
     unknown = bioengine("logs", "nothing-here", state=stack)
+    assert unknown.returncode == 2 and "nothing-here" in unknown.stderr
+
+
+def test_the_page_link_opens_the_apps_page_signed_in_in_a_browser(
+    stack: Path, artifacts: Path
+) -> None:
+    """``bioengine page`` prints a sign-in link for a user; Chromium opens it, lands on the
+    app's page with no token in the address bar, and the page answers from the app."""
+    answer = bioengine("page", "zarr-tile-stats", "--user=alice@example.org", state=stack)
+    assert answer.returncode == 0, answer.stderr
+    link = answer.stdout.strip()
+    page_url = rows(stack)["zarr-tile-stats"]["page"]
+    assert link.startswith(page_url.split("/apps/")[0] + "/apps/bioengine-signin/#token=")
+    with browser.chromium() as chromium:
+        page = chromium.new_page()
+        page.goto(link)
+        page.wait_for_url(page_url)
+        assert "token" not in page.url
+        page.click("#compute")
+        page.wait_for_function(
+            "!['', 'computing...'].includes(document.getElementById('status').textContent)",
+            timeout=60_000,
+        )
+        assert page.text_content("#status") == "array 512 x 512, 64 tiles"
+        page.screenshot(path=artifacts / "bioengine-up-zarr-tile-stats-page.png", full_page=True)
+    unknown = bioengine("page", "nothing-here", "--user=alice@example.org", state=stack)
     assert unknown.returncode == 2 and "nothing-here" in unknown.stderr
 
 

@@ -25,7 +25,7 @@ from bioengine_operator import kopf_runner, observability
 from bioengine_operator.api.base import DNS_LABEL as DNS_LABEL_PATTERN
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
-from bioengine_operator.bridge import hypha
+from bioengine_operator.bridge import hypha, signin
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.registry import Limits, Registry
 from bioengine_operator.bridge.worker import KubeObjects, Worker
@@ -158,6 +158,7 @@ def install(args: argparse.Namespace) -> None:
     limits = Limits(args.call_timeout, args.discovery_timeout, args.max_read_bytes)
     endpoints = Endpoints.from_file(args.endpoints_file)
     registry = Registry(connection, endpoints, args.workspace, limits, key)
+    registry.static.append(signin.definition())  # how people open the workspace's pages
     if args.worker_namespace:
         worker = Worker(
             objects=KubeObjects(args.worker_namespace),

@@ -17,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from bioengine_operator.bridge import signin
 from bioengine_operator.local import envs, procs, resources, supervisor
 
 USAGE_ERROR = 2
@@ -78,7 +80,16 @@ def add_verbs(verbs: Any) -> None:
         'embedded Hypha: eval "$(bioengine env --user alice@example.org)"',
     )
     env.add_argument("--user", required=True, help="user id or email the token is for")
-    for parser in (up, down, status, logs, env):
+    page = verbs.add_parser(
+        "page",
+        help="print a link that opens an app's page signed in as a user",
+        description="Print the sign-in link of an app's web page for a user of the embedded "
+        "Hypha: the token rides in the link's fragment, which no server receives, and the "
+        "page takes it out of the address bar.",
+    )
+    page.add_argument("name", help="the app (see the PAGE column of bioengine status)")
+    page.add_argument("--user", required=True, help="user id or email to sign in as")
+    for parser in (up, down, status, logs, env, page):
         parser.add_argument(
             "--state-dir",
             type=Path,
@@ -95,7 +106,8 @@ class UsageError(Exception):
 def run(args: argparse.Namespace) -> int:
     # Absolute: processes entering Ray's namespace (nsenter) start in another folder.
     args.state_dir = args.state_dir.resolve()
-    verb = {"up": up, "down": down, "status": status, "logs": logs, "env": env}[args.verb]
+    verbs = {"up": up, "down": down, "status": status, "logs": logs, "env": env, "page": page}
+    verb = verbs[args.verb]
     try:
         return verb(args)
     except (resources.InputError, UsageError) as err:
@@ -235,7 +247,7 @@ def _print_summary(answer: dict[str, Any]) -> None:
     for row in rows:
         print("  ".join(row[k].ljust(w) for (k, _), w in zip(columns, widths, strict=True)))
         if row["page"]:
-            print(f"    page: {row['page']}")
+            print(f"    page: {row['page']}  (signed in: bioengine page {row['name']} --user U)")
         if row["message"]:
             print(f"    {row['message']}")
 
@@ -277,6 +289,20 @@ def logs(args: argparse.Namespace) -> int:
     files = sorted(log.glob(f"replica_{args.name}_*.log")) if log.is_dir() else [log]
     for path in files:
         print(procs.tail(path, args.lines))
+    return 0
+
+
+def page(args: argparse.Namespace) -> int:
+    _require_running(args.state_dir)
+    rows = _ask(args.state_dir, {"verb": "status"}, time.monotonic()).get("rows") or []
+    row = next((r for r in rows if r["name"] == args.name), None)
+    if row is None or not row["page"]:
+        raise UsageError(f"{args.name}: no app with a page runs (see `bioengine status`)")
+    answer = _ask(args.state_dir, {"verb": "env", "user": args.user}, time.monotonic())
+    if answer.get("error"):
+        raise UsageError(answer["error"])
+    path = urllib.parse.urlsplit(row["page"]).path
+    print(signin.link(answer["server_url"], answer["workspace"], answer["token"], path))
     return 0
 
 

@@ -53,7 +53,7 @@ from bioengine_operator.api.status import (
     served_in,
     service_id,
 )
-from bioengine_operator.bridge import hypha
+from bioengine_operator.bridge import hypha, signin
 from bioengine_operator.bridge.worker import Worker
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.builders import meta, rayservice, triton
@@ -235,6 +235,7 @@ class LocalStack:
             ),
         )
         bridge.add_service(worker.definition())
+        bridge.add_service(signin.definition())
 
     def stop(self) -> None:
         """Unregister, then stop every process this stack started."""
