@@ -983,3 +983,20 @@ def test_cli_refuses_bad_arguments(
     assert message in err
     if broken == "key" and key_pem is not None:
         assert f"--token-public-key-file {key_file}: " in err
+
+
+def test_the_runtime_lists_a_folder_whose_name_has_capitals(
+    server: Server, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bioengine.datasets.list_files`` as an app calls it, against the server: the folder's
+    name reaches the server as written (a query is not case-folded)."""
+    import bioengine  # the runtime, on pytest's pythonpath (pyproject.toml)
+
+    (root / "Plates" / "A1").mkdir(parents=True)
+    (root / "Plates" / "A1" / "Image.TIF").write_bytes(b"pixels")
+    url = f"http://127.0.0.1:{server.port}"
+    monkeypatch.setenv(bioengine.DATASETS_ENV, json.dumps({DATASET: {"url": url}}))
+    listed = asyncio.run(bioengine.datasets.list_files(DATASET, "Plates", token=token_for()))
+    assert listed == ["Plates/A1/Image.TIF"]
+    top = asyncio.run(bioengine.datasets.list_files(DATASET, "Plates", False, token_for()))
+    assert top == ["Plates/A1/"]

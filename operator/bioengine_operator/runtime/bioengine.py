@@ -624,8 +624,9 @@ class Datasets:
     ) -> list[str]:
         """Paths (from the dataset's root) of the files under ``dir_path``; not
         ``recursive``: its files and folders, folders ending in ``/``."""
-        query = urllib.parse.urlencode({"path": dir_path or "", "recursive": str(recursive)})
-        body = await self._get(dataset_id, f"/files?{query.lower()}", token)
+        flag = "true" if recursive else "false"
+        query = urllib.parse.urlencode({"path": dir_path or "", "recursive": flag})
+        body = await self._get(dataset_id, f"/files?{query}", token)
         entries = json.loads(body)["entries"]
         return [e["path"] + ("/" if e["type"] == "directory" else "") for e in entries]
 
@@ -653,8 +654,8 @@ class Datasets:
 
 
 def _fetch(url: str, headers: dict[str, str]) -> bytes:
-    """GET ``url``: the body, b"" for a missing file asked with a Range (zarr's missing
-    chunk), DataServerError quoting the server otherwise."""
+    """GET ``url``: the body, or DataServerError quoting the server (with its status: the
+    zarr store reads a 404 as a chunk never written)."""
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=DATASET_TIMEOUT_SECONDS) as answer:
