@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import math
 import random
@@ -47,6 +46,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bioengine_devtools.cluster import READY_DELAY_ANNOTATION
 from bioengine_devtools.stack import NS, RUNNER, WORKSPACE, BridgeStack
+from bioengine_operator import conditions
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.bluegreen import COLORS, Color
 from bioengine_operator.builders import meta, triton
@@ -360,9 +360,9 @@ class RunnerKubelet:
     def _show(self, pods: list[Object], ready: bool) -> None:
         """Write the pods' readiness as the kubelet does after a readiness probe (Ready and
         ContainersReady; their containers' statuses are left out)."""
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = conditions.timestamp()
         flag = "True" if ready else "False"
-        conditions = [
+        probed = [
             {"type": kind, "status": value, "lastTransitionTime": now}
             for kind, value in (
                 ("PodScheduled", "True"),
@@ -371,7 +371,7 @@ class RunnerKubelet:
                 ("Ready", flag),
             )
         ]
-        body = {"status": {"phase": "Running", "conditions": conditions}}
+        body = {"status": {"phase": "Running", "conditions": probed}}
         for pod in pods:
             name = pod["metadata"]["name"]
             if self._shown.get(name) == ready:

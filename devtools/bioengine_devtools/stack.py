@@ -304,8 +304,6 @@ class BridgeStack:
             (entry / key).write_text(text)
         self.ray.start([entry, *code], env={"BIOENGINE_DATA_DIR": str(mounts)})
         self._stoppers.append(self.ray.stop)
-        # Ray's dashboard, as the bridge reaches it at <app>-head-svc:8265 in a cluster.
-        self.dashboard_port = self.ray.relay_dashboard()
         if not self.examples:
             return
         self.ray.reach(self.tritons["blue"].grpc_port)
@@ -460,7 +458,8 @@ class BridgeStack:
         if self.with_app:
             # Every app is a route of the one Serve; its Ray dashboard is that Ray's.
             found[f"bioengineapp/{NS}/*"] = f"http://127.0.0.1:{self.ray.port}/{{name}}"
-            found[f"raydashboard/{NS}/*"] = f"http://127.0.0.1:{self.dashboard_port}"
+            # Ray's dashboard, as the bridge reaches it at <app>-head-svc:8265 in a cluster.
+            found[f"raydashboard/{NS}/*"] = self.ray.dashboard_url
         return found
 
     def start_bridge(

@@ -6,9 +6,17 @@ nothing new produces an identical status and the handler skips the write.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 Conditions = list[dict[str, Any]]
+# How Kubernetes writes a time (RFC 3339, UTC, seconds): conditions, Events, statuses.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def timestamp(moment: datetime.datetime | None = None) -> str:
+    """``moment`` (now, by default) as Kubernetes writes times."""
+    return (moment or datetime.datetime.now(datetime.UTC)).strftime(TIME_FORMAT)
 
 
 def find(conditions: Conditions, type_: str) -> dict[str, Any] | None:

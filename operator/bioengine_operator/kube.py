@@ -24,7 +24,6 @@ Three rules keep user input from steering a request somewhere else:
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import secrets
@@ -34,6 +33,8 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from bioengine_operator import conditions
 
 FIELD_MANAGER = "bioengine-operator"
 
@@ -382,7 +383,7 @@ def patch_status(api_version: str, kind: str, namespace: str, name: str, status:
 def post_event(obj: Object, type_: str, reason: str, message: str) -> None:
     """Record a core/v1 Event about ``obj`` (what ``kubectl describe`` shows)."""
     meta = obj["metadata"]
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = conditions.timestamp()
     event = {
         "apiVersion": "v1",
         "kind": "Event",

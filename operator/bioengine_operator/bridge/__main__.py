@@ -25,7 +25,7 @@ from bioengine_operator import kopf_runner, observability
 from bioengine_operator.api.base import DNS_LABEL as DNS_LABEL_PATTERN
 from bioengine_operator.api.base import GROUP, VERSION
 from bioengine_operator.api.crds import KINDS
-from bioengine_operator.bridge import hypha, signin
+from bioengine_operator.bridge import access, hypha, signin
 from bioengine_operator.bridge.endpoints import Endpoints
 from bioengine_operator.bridge.registry import Limits, Registry
 from bioengine_operator.bridge.worker import KubeObjects, Worker
@@ -165,7 +165,7 @@ def install(args: argparse.Namespace) -> None:
             workspace=args.workspace,
             cluster_name=args.cluster_name,
             client_id=args.client_id,
-            admins=tuple(a.strip() for a in args.worker_admins.split(",") if a.strip()),
+            admins=access.user_list(args.worker_admins),
             endpoints=endpoints,
             session=lambda: registry.session,
             registered=lambda name: (

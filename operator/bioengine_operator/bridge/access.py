@@ -14,6 +14,16 @@ from typing import Any
 EVERYONE = "*"
 
 
+def user_list(text: str) -> tuple[str, ...]:
+    """The users of a comma-separated list, as flags and environment variables give them."""
+    return tuple(u.strip() for u in text.split(",") if u.strip())
+
+
+def caller_id(context: dict[str, Any] | None) -> str:
+    """The id of the user Hypha vouches for ("anonymous" without one)."""
+    return str(((context or {}).get("user") or {}).get("id") or "anonymous")
+
+
 def user_workspaces(authorized_users: Sequence[str]) -> list[str]:
     """Personal Hypha workspaces (``ws-user-<id>``) of the listed user ids (not emails), so
     those users can reach a protected service from their own workspace."""
@@ -25,7 +35,7 @@ def authorize(authorized_users: Sequence[str], context: dict[str, Any] | None, s
     is refused: its id, or its email where the list names the email, so that the dataset
     server, which checks the same list, recognizes it too."""
     user = (context or {}).get("user") or {}
-    caller = str(user.get("id") or "anonymous")
+    caller = caller_id(context)
     if not authorized_users or EVERYONE in authorized_users:
         return caller
     if user.get("is_anonymous") or not user.get("id"):

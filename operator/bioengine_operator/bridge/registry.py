@@ -310,7 +310,7 @@ class Registry:
                 try:
                     user = access.authorize(dataset.authorized_users, context, name)
                 except PermissionError:
-                    user = str(((context or {}).get("user") or {}).get("id") or "anonymous")
+                    user = access.caller_id(context)
                 found[name] = tokens.mint(
                     self.signing_key,
                     user=user,

@@ -27,6 +27,7 @@ from bioengine_operator.api.serve import serve_conditions
 from bioengine_operator.api.status import failed_app_phase
 from bioengine_operator.builders import dataset as dataset_builder
 from bioengine_operator.builders import meta, rayservice
+from bioengine_operator.conditions import TIME_FORMAT
 from bioengine_operator.controllers.outcome import (
     Context,
     Outcome,
@@ -86,7 +87,7 @@ def code_hash(owner: meta.Owner, spec: BioEngineAppSpec) -> tuple[str, str | Non
 
 
 def _parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return datetime.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=datetime.UTC)
 
 
 def mirrored_conditions(ray_service: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:

@@ -60,7 +60,7 @@ class Context:
 
     @property
     def now_text(self) -> str:
-        return self.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return conditions.timestamp(self.now)
 
 
 @dataclasses.dataclass

@@ -278,10 +278,15 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _row(state_dir: Path, name: str) -> dict[str, Any] | None:
+    """The status row of the resource ``name`` that a running stack shows, if any."""
+    _require_running(state_dir)
+    rows = _ask(state_dir, {"verb": "status"}, time.monotonic()).get("rows") or []
+    return next((r for r in rows if r["name"] == name), None)
+
+
 def logs(args: argparse.Namespace) -> int:
-    _require_running(args.state_dir)
-    answer = _ask(args.state_dir, {"verb": "status"}, time.monotonic())
-    row = next((r for r in answer.get("rows") or [] if r["name"] == args.name), None)
+    row = _row(args.state_dir, args.name)
     if row is None or not row["log"]:
         raise UsageError(f"{args.name}: no such resource runs (see `bioengine status`)")
     log = Path(row["log"])
@@ -293,9 +298,7 @@ def logs(args: argparse.Namespace) -> int:
 
 
 def page(args: argparse.Namespace) -> int:
-    _require_running(args.state_dir)
-    rows = _ask(args.state_dir, {"verb": "status"}, time.monotonic()).get("rows") or []
-    row = next((r for r in rows if r["name"] == args.name), None)
+    row = _row(args.state_dir, args.name)
     if row is None or not row["page"]:
         raise UsageError(f"{args.name}: no app with a page runs (see `bioengine status`)")
     answer = _ask(args.state_dir, {"verb": "env", "user": args.user}, time.monotonic())

@@ -269,6 +269,7 @@ class RayServe:
     head: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[bytes] | None = None
     port: int = 0  # host port of the relay to Serve's HTTP proxy
+    dashboard_port: int = 0  # host port of the relay to Ray's dashboard (Serve's REST API)
 
     def start(
         self,
@@ -341,6 +342,12 @@ class RayServe:
                 log=log,
             )
             self.relay, self.port = netns.relay(self.namespace, 8000, self.workdir / "relay.log")
+            # Serve's status is read often (every second by `bioengine up`'s supervisor):
+            # over a relay, not a process entering the namespace each time.
+            dashboard, self.dashboard_port = netns.relay(
+                self.namespace, DASHBOARD_PORT, self.workdir / "dashboard.log"
+            )
+            self.relays.append(dashboard)
         except BaseException:
             self.stop()
             raise
@@ -376,15 +383,6 @@ class RayServe:
             self.namespace, port, self.workdir / f"relay-{name}.log", listen=address
         )
 
-    def relay_dashboard(self) -> int:
-        """A host port relayed to Ray's dashboard inside (where the worker service reads
-        Serve's deployments and replica logs, as it reads an app's head Service in a cluster);
-        the relay stops with Ray."""
-        assert self.namespace is not None
-        relay, port = netns.relay(self.namespace, DASHBOARD_PORT, self.workdir / "dashboard.log")
-        self.relays.append(relay)
-        return port
-
     def use_hosts(self, hosts: Path) -> None:
         """Resolve names inside from ``hosts`` (bind-mounted over /etc/hosts in the
         namespace's own mounts; rewrite the file in place to change them)."""
@@ -396,23 +394,21 @@ class RayServe:
         """Ray's log folder (``serve/`` holds each replica's log)."""
         return Path(self.temp) / "session_latest" / "logs"
 
+    @property
+    def dashboard_url(self) -> str:
+        """Ray's dashboard from this machine (where the worker service reads Serve's
+        deployments and replica logs, as it reads an app's head Service in a cluster)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
     def serve_status(self) -> dict[str, Any]:
-        """Serve's applications (status, message, deployments) from the dashboard's API."""
-        assert self.namespace is not None
-        result = subprocess.run(
-            [
-                *self.namespace.enter(),
-                "curl",
-                "-sf",
-                f"http://127.0.0.1:{DASHBOARD_PORT}/api/serve/applications/",
-            ],
-            capture_output=True,
-            env=self.env,
-            timeout=60,
-        )
-        if result.returncode != 0:
+        """Serve's applications (status, message, deployments) from the dashboard's API
+        ({} while it does not answer)."""
+        url = f"{self.dashboard_url}/api/serve/applications/"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as answer:
+                return dict(json.loads(answer.read()).get("applications") or {})
+        except (OSError, ValueError):  # URLError and timeouts are OSErrors
             return {}
-        return dict(json.loads(result.stdout).get("applications") or {})
 
     def stop(self) -> None:
         """Ending the namespace ends all of Ray at once (a graceful ``ray stop`` takes a

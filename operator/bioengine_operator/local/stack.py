@@ -23,7 +23,6 @@ changed, and only what changed is restarted or redeployed.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bioengine_operator import conditions
 from bioengine_operator.api.app import BioEngineAppSpec
 from bioengine_operator.api.base import Condition
 from bioengine_operator.api.dataset import BioEngineDatasetSpec
@@ -98,7 +98,7 @@ class Running:
     digest: str
     state: str = "Starting"  # Starting, Ready, Degraded, Failed, Unavailable
     message: str = ""
-    since: str = dataclasses.field(default_factory=lambda: _now())  # of the last state change
+    since: str = dataclasses.field(default_factory=conditions.timestamp)  # last state change
     endpoint: Any = None  # for the bridge: a URL, or blue/green gRPC targets
     processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
     log: Path | None = None
@@ -107,7 +107,7 @@ class Running:
     def set(self, state: str, message: str = "") -> None:
         """A new state (and why); the time of the change is the Ready condition's."""
         if state != self.state:
-            self.since = _now()
+            self.since = conditions.timestamp()
         self.state, self.message = state, message
 
     def body(self) -> dict[str, Any]:
@@ -484,8 +484,8 @@ class LocalStack:
         for running in self.running.values():
             self._expose(running)
         if self.bridge is not None:  # the worker service reads deployments and logs there
-            dashboard = f"http://127.0.0.1:{ray.relay_dashboard()}"
-            self.bridge.endpoints.overrides[f"raydashboard/{LocalObjects.namespace}/*"] = dashboard
+            overrides = self.bridge.endpoints.overrides
+            overrides[f"raydashboard/{LocalObjects.namespace}/*"] = ray.dashboard_url
         return ray
 
     def _application(self, running: Running) -> dict[str, Any]:
@@ -610,10 +610,6 @@ class LocalStack:
                 }
             )
         return rows
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _service_name(kind: str, namespace: str, name: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bioengine_operator.bridge import access
 from bioengine_operator.local import envs, procs, resources
 from bioengine_operator.local.stack import LocalStack, Remote
 
@@ -207,8 +208,7 @@ def main() -> None:
     started = time.monotonic()
     if args.envs_dir:  # for every backend this process and its children start
         os.environ[envs.ENVS_DIR] = str(args.envs_dir)
-    admins = tuple(a.strip() for a in args.worker_admins.split(",") if a.strip())
-    Supervisor(args.state_dir, remote, admins).run()
+    Supervisor(args.state_dir, remote, access.user_list(args.worker_admins)).run()
     print(f"stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
 
 

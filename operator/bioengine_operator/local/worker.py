@@ -35,13 +35,12 @@ class LocalObjects:
         return dict(self.stack.running).get((kind, self.namespace, name))
 
     def _with_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the uid and status of what runs for it (as the stack shows it to the
-        bridge); not running (yet): Pending."""
+        """``body`` as the stack shows what runs for it to the bridge (with its uid and
+        status); a ConfigMap as kept; an app not running (yet): Pending."""
         running = self._running(body["kind"], body["metadata"]["name"])
-        if running is None:
-            return body if body["kind"] == "ConfigMap" else {**body, "status": {"phase": "Pending"}}
-        meta = {**body["metadata"], "uid": running.uid}
-        return {**body, "metadata": meta, "status": running.status()}
+        if running is not None:
+            return running.body()
+        return body if body["kind"] == "ConfigMap" else {**body, "status": {"phase": "Pending"}}
 
     async def list(
         self, api_version: str, kind: str, labels: Mapping[str, str]
@@ -59,10 +58,10 @@ class LocalObjects:
     async def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
         """The worker's object, or one ``bioengine up`` was given (which the worker then
         refuses to change, as it does a BioEngineApp applied with kubectl)."""
+        running = self._running(kind, name)
+        if running is not None:
+            return running.body()
         body = self.kept.get((kind, name))
-        if body is None:
-            running = self._running(kind, name)
-            body = running.resource.body if running is not None else None
         return None if body is None else self._with_status(body)
 
     async def apply(self, body: dict[str, Any]) -> None:
